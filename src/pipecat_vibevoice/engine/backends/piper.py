@@ -61,7 +61,10 @@ class PiperBackend(SpeechBackend):
     """Piper voice streamed window by window over a split VITS graph."""
 
     name = "piper"
-    native_speed = True  # speed goes into Piper's length_scale: natural, no DSP
+    # Piper's length_scale is not proportional to duration (measured on this voice:
+    # 0.5 -> 0.65x, 2.0 -> 1.7x the frames), so speed is left to the engine's exact
+    # time-stretch stage rather than passed to the model.
+    native_speed = False
 
     def __init__(
         self,
@@ -165,8 +168,9 @@ class PiperBackend(SpeechBackend):
         if not self.loaded:
             raise BackendUnavailable("Piper backend used before load()")
         scales = self._scales.copy()
-        scales[1] = scales[1] / request.speed
-        pause = np.zeros(int(SENTENCE_PAUSE_S * self.sample_rate / request.speed), np.float32)
+        if self.native_speed:
+            scales[1] = scales[1] / request.speed
+        pause = np.zeros(int(SENTENCE_PAUSE_S * self.sample_rate), np.float32)
         for index, ids in enumerate(self.phoneme_ids(request.text)):
             if request.stop.is_set():
                 return

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The project's test command: set up what is missing, lint, run the whole suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh --browser
+.venv/bin/ruff check src tests bench bot.py
+.venv/bin/python -m pytest -q -ra "$@"
