@@ -92,11 +92,7 @@ def official_to_local(name: str) -> str | None:
 
 def is_checkpoint_dir(path: Path) -> bool:
     """A directory with ``config.json`` and safetensors weights."""
-    return (
-        path.is_dir()
-        and (path / "config.json").is_file()
-        and any(path.glob("*.safetensors"))
-    )
+    return path.is_dir() and (path / "config.json").is_file() and any(path.glob("*.safetensors"))
 
 
 def resolve_model_dir(
@@ -201,9 +197,7 @@ def load_model(model_dir: str | Path, device: str = "cpu", dtype=None):
                         f"the model expects {tuple(expected[local].shape)}"
                     )
                 keep_fp32 = local in ("speech_scaling_factor", "speech_bias_factor")
-                state[local] = tensor.to(
-                    device=device, dtype=torch.float32 if keep_fp32 else dtype
-                )
+                state[local] = tensor.to(device=device, dtype=torch.float32 if keep_fp32 else dtype)
     missing = sorted(set(expected) - set(state))
     if missing:
         raise ValueError(

@@ -99,9 +99,7 @@ class VibeVoiceRealtimeModel(nn.Module):
 
     # -- the steps of generation ---------------------------------------------------------------
 
-    def forward_text(
-        self, input_ids: torch.Tensor, lm_cache, tts_cache
-    ) -> torch.Tensor:
+    def forward_text(self, input_ids: torch.Tensor, lm_cache, tts_cache) -> torch.Tensor:
         """One text window: lower LM on the ids, then the upper LM on its hidden states.
 
         Token embeddings of the upper LM are never read: its input at a text position is

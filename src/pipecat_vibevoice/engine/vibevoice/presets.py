@@ -157,9 +157,7 @@ class VoicePreset:
 
     def to(self, device: Any, dtype: torch.dtype) -> VoicePreset:
         """Copy every branch to a device/dtype."""
-        return VoicePreset(
-            self.name, *(getattr(self, b).to(device, dtype) for b in BRANCHES)
-        )
+        return VoicePreset(self.name, *(getattr(self, b).to(device, dtype) for b in BRANCHES))
 
     def check_against(self, lower_layers: int, upper_layers: int, hidden: int) -> None:
         """Raise :class:`PresetError` when the preset does not fit the model."""
