@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..config import TTSConfig
-from .base import AudioPiece, BackendUnavailable, SpeechBackend, SynthesisRequest
+from .base import AudioPiece, BackendUnavailable, SpeechBackend, SynthesisRequest, TextSource
 
 BackendFactory = Callable[[TTSConfig], SpeechBackend]
 
@@ -45,6 +45,7 @@ __all__ = [
     "BackendUnavailable",
     "SpeechBackend",
     "SynthesisRequest",
+    "TextSource",
     "make_piper",
     "make_vibevoice",
     "resolve_engine",
