@@ -14,7 +14,7 @@ test:
 	bash scripts/test.sh
 
 lint: setup
-	.venv/bin/ruff check src tests bench bot.py
+	.venv/bin/ruff check .
 
 bench: setup
 	.venv/bin/python bench/engine_latency.py

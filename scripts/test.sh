@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --browser
-.venv/bin/ruff check src tests bench bot.py
+.venv/bin/ruff check .
 .venv/bin/python -m pytest -q -ra "$@"
