@@ -11,7 +11,9 @@ def as_float(pcm: bytes | np.ndarray) -> np.ndarray:
     return ints.astype(np.float32) / 32768.0
 
 
-def median_f0(audio: np.ndarray, sample_rate: int, fmin: float = 60.0, fmax: float = 400.0) -> float:
+def median_f0(
+    audio: np.ndarray, sample_rate: int, fmin: float = 60.0, fmax: float = 400.0
+) -> float:
     """Median fundamental frequency over voiced 40 ms frames (normalised autocorrelation).
 
     Crude but adequate to compare the same utterance at two pitches: the ratio of the

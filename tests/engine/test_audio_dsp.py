@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 from audio_analysis import median_f0
 
-from pipecat_vibevoice.engine.audio import AudioPipeline, Rechunker, SpeedPitchStage, StreamResampler
+from pipecat_vibevoice.engine.audio import (
+    AudioPipeline,
+    Rechunker,
+    SpeedPitchStage,
+    StreamResampler,
+)
 
 SR = 22050
 
@@ -46,7 +51,9 @@ def test_speed_changes_duration_not_pitch(speed: float) -> None:
     assert median_f0(out, SR) == pytest.approx(150, rel=0.05)
 
 
-@pytest.mark.parametrize(("speed", "pitch"), [(1.0, 0.5), (1.0, 1.5), (1.0, 2.0), (2.0, 0.5), (0.5, 2.0)])
+@pytest.mark.parametrize(
+    ("speed", "pitch"), [(1.0, 0.5), (1.0, 1.5), (1.0, 2.0), (2.0, 0.5), (0.5, 2.0)]
+)
 def test_pitch_changes_f0_and_keeps_speed(speed: float, pitch: float) -> None:
     audio = tone(150, 2.0)
     out = run_in_pieces(SpeedPitchStage(SR, speed=speed, pitch=pitch), audio, 1764)

@@ -12,7 +12,9 @@ import pytest
 CLI = [sys.executable, "-m", "pipecat_vibevoice.cli"]
 
 
-def run(*args: str, stdin: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def run(
+    *args: str, stdin: str | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [*CLI, *args], input=stdin, capture_output=True, text=True, timeout=120, cwd=cwd
     )
@@ -43,7 +45,10 @@ def test_say_reads_stdin_and_honours_speed(tmp_path: Path) -> None:
     normal, fast = tmp_path / "n.wav", tmp_path / "f.wav"
     text = "Reading this sentence from standard input."
     assert run("say", "-o", str(normal), "--engine", "piper", stdin=text).returncode == 0
-    assert run("say", "-", "-o", str(fast), "--speed", "2", "--engine", "piper", stdin=text).returncode == 0
+    assert (
+        run("say", "-", "-o", str(fast), "--speed", "2", "--engine", "piper", stdin=text).returncode
+        == 0
+    )
     assert wav_seconds(fast) / wav_seconds(normal) == pytest.approx(0.5, rel=0.1)
 
 

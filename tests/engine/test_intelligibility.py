@@ -17,7 +17,6 @@ SENTENCES = [
 ]
 
 
-
 @pytest.fixture(scope="module")
 def whisper():
     from faster_whisper import WhisperModel
@@ -33,14 +32,23 @@ async def test_word_error_rate_is_low(piper_engine: TTSEngine, whisper, speed, p
 
     references, hypotheses = [], []
     for sentence in SENTENCES:
-        audio = (await piper_engine.synthesize(sentence, speed=speed, pitch=pitch)).astype(np.float32)
+        audio = (await piper_engine.synthesize(sentence, speed=speed, pitch=pitch)).astype(
+            np.float32
+        )
         audio16k = soxr.resample(audio / 32768.0, 24000, 16000)
         segments, _ = whisper.transcribe(audio16k, language="en", beam_size=1)
         hypotheses.append(" ".join(s.text for s in segments))
         references.append(sentence)
     transform = jiwer.Compose(
-        [jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(),
-         jiwer.Strip(), jiwer.ReduceToListOfListOfWords()]
+        [
+            jiwer.ToLowerCase(),
+            jiwer.RemovePunctuation(),
+            jiwer.RemoveMultipleSpaces(),
+            jiwer.Strip(),
+            jiwer.ReduceToListOfListOfWords(),
+        ]
     )
-    wer = jiwer.wer(references, hypotheses, reference_transform=transform, hypothesis_transform=transform)
+    wer = jiwer.wer(
+        references, hypotheses, reference_transform=transform, hypothesis_transform=transform
+    )
     assert wer <= 0.15, f"WER {wer:.3f}: {list(zip(references, hypotheses, strict=True))}"

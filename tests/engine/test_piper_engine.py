@@ -83,7 +83,9 @@ async def test_duration_scales_with_inverse_speed(piper_engine: TTSEngine, speed
 
 
 @pytest.mark.parametrize("pitch", [0.7, 1.4, 2.0])
-async def test_pitch_changes_fundamental_by_the_ratio(piper_engine: TTSEngine, pitch: float) -> None:
+async def test_pitch_changes_fundamental_by_the_ratio(
+    piper_engine: TTSEngine, pitch: float
+) -> None:
     base = as_float(b"".join(await collect(piper_engine)))
     shifted = as_float(b"".join(await collect(piper_engine, pitch=pitch)))
     ratio = median_f0(shifted, 24000, fmin=40) / median_f0(base, 24000, fmin=40)
@@ -200,7 +202,12 @@ async def test_cancelling_the_consumer_task_stops_generation(piper_engine: TTSEn
 
 
 async def test_batch_keeps_order_and_reports_failures(piper_engine: TTSEngine) -> None:
-    texts = ["One.", "", "Three words here.", "A much longer fourth sentence with many words in it."]
+    texts = [
+        "One.",
+        "",
+        "Three words here.",
+        "A much longer fourth sentence with many words in it.",
+    ]
     ids: list = [0, 0, "nobody", 0]
     progress: list[tuple[int, int]] = []
     result = await piper_engine.synthesize_batch(

@@ -7,7 +7,12 @@ import types
 import pytest
 
 from pipecat_vibevoice.engine import EmptyTextError, TextTooLongError
-from pipecat_vibevoice.engine.text import MAX_SEGMENT_CHARS, clean_text, iter_segments, validate_text
+from pipecat_vibevoice.engine.text import (
+    MAX_SEGMENT_CHARS,
+    clean_text,
+    iter_segments,
+    validate_text,
+)
 
 
 @pytest.mark.parametrize("text", ["", "   ", "\n\t\n", "\x00\x07\u200b"])
