@@ -11,10 +11,12 @@ model call, so no model work outlives its consumer by more than one chunk.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+import unicodedata
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -22,9 +24,23 @@ import numpy as np
 from loguru import logger
 
 from .audio import AudioPipeline
-from .backends.base import AudioPiece, BackendUnavailable, SpeechBackend, SynthesisRequest
+from .backends.base import (
+    AudioPiece,
+    BackendUnavailable,
+    SpeechBackend,
+    SynthesisRequest,
+    TextSource,
+)
+from .chunks import SpanTimeline, SpeechChunk, align, iter_stream_sentences, map_span
 from .config import PITCH_RANGE, SPEED_RANGE, TTSConfig
-from .text import iter_segments, validate_text
+from .text import (
+    EmptyTextError,
+    TextError,
+    TextTooLongError,
+    clean_text,
+    iter_segments,
+    validate_text,
+)
 
 _END = object()
 
@@ -228,7 +244,7 @@ class TTSEngine:
 
     async def synthesize_streaming(
         self,
-        text: str,
+        text: str | AsyncIterable[str],
         speaker_id: int | str | None = 0,
         speed: float = 1.0,
         pitch: float = 1.0,
@@ -236,14 +252,44 @@ class TTSEngine:
     ) -> AsyncIterator[bytes]:
         """Yield 16-bit little-endian mono PCM chunks at ``config.sample_rate``.
 
+        ``text`` is a string, or an async iterable of text pieces (e.g. LLM tokens):
+        VibeVoice consumes those as they arrive (speech starts once its first 5-token
+        window is there); other backends get each sentence as soon as it is complete.
         Every chunk but the last is exactly ``config.chunk_ms`` long (with streaming
         off, the whole utterance comes as one chunk). Raises ``ValueError`` subclasses
         for bad input before any audio; ``speed``/``pitch`` take 0.5..2.0.
-        Extra ``options`` go to the backend (VibeVoice: ``cfg_scale``, ``inference_steps``).
+        Extra ``options`` go to the backend (VibeVoice: ``cfg_scale``, ``inference_steps``,
+        ``seed``). :meth:`stream_chunks` gives the same audio with timestamps and text.
+        """
+        chunks = self.stream_chunks(text, speaker_id, speed, pitch, **options)
+        async with contextlib.aclosing(chunks):
+            async for chunk in chunks:
+                yield chunk.pcm
+
+    async def stream_chunks(
+        self,
+        text: str | AsyncIterable[str],
+        speaker_id: int | str | None = 0,
+        speed: float = 1.0,
+        pitch: float = 1.0,
+        **options: Any,
+    ) -> AsyncIterator[SpeechChunk]:
+        """Like :meth:`synthesize_streaming`, with each chunk's time and text span.
+
+        Spans index the cleaned text for a ``str`` and the concatenated pieces for a
+        stream; see :class:`~pipecat_vibevoice.engine.chunks.SpeechChunk`.
         """
         speed = check_range("speed", speed, SPEED_RANGE)
         pitch = check_range("pitch", pitch, PITCH_RANGE)
-        text = validate_text(text, self.config.max_text_chars)
+        pieces: AsyncIterable[str] | None = None
+        if isinstance(text, str):
+            text = validate_text(text, self.config.max_text_chars)
+        elif isinstance(text, AsyncIterable):
+            pieces, text = text, ""
+        else:
+            raise TextError(
+                f"text must be a str or an async iterable of str, got {type(text).__name__}"
+            )
         await self.initialize()
         backend = self.backend
         voice = self.resolve_voice(speaker_id)
@@ -255,33 +301,66 @@ class TTSEngine:
             speed=1.0 if backend.native_speed else speed,
             pitch=pitch,
         )
+        ratio = (
+            self.config.sample_rate / backend.sample_rate / (1.0 if backend.native_speed else speed)
+        )
+        timeline = SpanTimeline(ratio)
+        collected: list[str] = []  # streamed text so far (for spans)
         self._active += 1
         started = time.perf_counter()
         first_chunk_at: float | None = None
         outcome = "ok"
         whole: list[bytes] = []
-        pieces = self._pull(backend, request)
+        emitted = 0  # output samples emitted so far
+        rate = self.config.sample_rate
+
+        def make_chunk(pcm: bytes) -> SpeechChunk:
+            nonlocal emitted
+            n = len(pcm) // 2
+            span = timeline.span(emitted, emitted + n)
+            full = text or "".join(collected)
+            chunk = SpeechChunk(
+                pcm=pcm,
+                start_s=emitted / rate,
+                end_s=(emitted + n) / rate,
+                text_span=span,
+                text=full[span[0] : span[1]] if span else "",
+            )
+            emitted += n
+            return chunk
+
+        if pieces is None:
+            source = self._pull(backend, request)
+        elif backend.supports_text_stream:
+            source = self._pull_text_stream(backend, request, pieces, collected)
+        else:
+            source = self._pull_sentences(backend, request, pieces, collected)
         try:
-            async for piece in pieces:
-                for chunk in pipeline.push(piece.audio):
+            async for piece in source:
+                timeline.add(piece.audio.size, piece.text_span)
+                for pcm in pipeline.push(piece.audio):
                     if not self.config.streaming:
-                        whole.append(chunk)
+                        whole.append(pcm)
                         continue
                     if first_chunk_at is None:
                         first_chunk_at = time.perf_counter()
-                    yield chunk
-            for chunk in pipeline.finish():
+                    yield make_chunk(pcm)
+            for pcm in pipeline.finish():
                 if not self.config.streaming:
-                    whole.append(chunk)
+                    whole.append(pcm)
                     continue
                 if first_chunk_at is None:
                     first_chunk_at = time.perf_counter()
-                yield chunk
+                yield make_chunk(pcm)
             if whole:
                 first_chunk_at = time.perf_counter()
-                yield b"".join(whole)
+                yield make_chunk(b"".join(whole))
+            if pieces is not None and not "".join(collected).strip():
+                raise EmptyTextError("the text stream carried no speakable text")
             if pipeline.samples_out == 0:
-                logger.warning(f"TTS produced no audio for text {text[:60]!r}")
+                logger.warning(
+                    f"TTS produced no audio for text {(text or ''.join(collected))[:60]!r}"
+                )
         except (asyncio.CancelledError, GeneratorExit):
             outcome = "cancelled"
             raise
@@ -291,46 +370,142 @@ class TTSEngine:
             raise
         finally:
             request.stop.set()
-            await pieces.aclose()
+            await source.aclose()
             self._active -= 1
             self._stats["utterances"] += 1
             audio_s = pipeline.samples_out / self.config.sample_rate
             self._stats["audio_s"] += audio_s
             total = time.perf_counter() - started
             ttfc = f"{(first_chunk_at - started) * 1000:.0f}ms" if first_chunk_at else "n/a"
+            chars = len(text) if pieces is None else sum(map(len, collected))
             logger.debug(
-                f"TTS {outcome}: voice={voice} chars={len(text)} audio={audio_s:.2f}s "
+                f"TTS {outcome}: voice={voice} chars={chars} audio={audio_s:.2f}s "
                 f"first_chunk={ttfc} total={total:.2f}s"
             )
 
     async def _pull(
         self, backend: SpeechBackend, request: SynthesisRequest
     ) -> AsyncIterator[AudioPiece]:
-        """Run the backend in the worker pool, one chunk per call, segment by segment."""
-        loop = asyncio.get_running_loop()
-        executor = self._executor
+        """Run the backend in the worker pool, one chunk per call, segment by segment.
+
+        Text spans are mapped from each segment to the request text; a backend that
+        reports none gets its segment's span.
+        """
+        cursor = 0
         for segment in iter_segments(request.text):
             if request.stop.is_set():
                 return
-            segment_request = SynthesisRequest(
-                text=segment,
-                voice=request.voice,
-                speed=request.speed,
-                stop=request.stop,
-                options=request.options,
-            )
-            stream = _SerialIterator(backend.stream(segment_request))
+            mapping, cursor = align(segment, request.text, cursor)
+            async with contextlib.aclosing(self._pull_one(backend, request, segment)) as inner:
+                async for piece in inner:
+                    yield _respan(piece, mapping, len(request.text))
+
+    async def _pull_sentences(
+        self,
+        backend: SpeechBackend,
+        request: SynthesisRequest,
+        pieces: AsyncIterable[str],
+        collected: list[str],
+    ) -> AsyncIterator[AudioPiece]:
+        """Streamed text for a backend without native support: sentence by sentence."""
+        sentences = iter_stream_sentences(pieces, collected, self.config.max_text_chars)
+        async with contextlib.aclosing(sentences):
+            async for raw, offset in sentences:
+                if request.stop.is_set():
+                    return
+                full = "".join(collected)
+                position = offset
+                for segment in iter_segments(clean_text(raw)):
+                    mapping, position = align(segment, full, position)
+                    inner = self._pull_one(backend, request, segment)
+                    async with contextlib.aclosing(inner):
+                        async for piece in inner:
+                            yield _respan(piece, mapping, offset + len(raw))
+
+    async def _pull_text_stream(
+        self,
+        backend: SpeechBackend,
+        request: SynthesisRequest,
+        pieces: AsyncIterable[str],
+        collected: list[str],
+    ) -> AsyncIterator[AudioPiece]:
+        """Streamed text for a backend that reads it as it arrives (VibeVoice).
+
+        A feeder task copies the pieces into the request's :class:`TextSource` while the
+        backend speaks; when the backend runs out of text it yields a waiting piece and
+        we await new text instead of blocking a worker thread.
+        """
+        source = TextSource()
+        request.text_source = request.text_source or source
+        failure: list[BaseException] = []
+
+        async def feed() -> None:
+            total = 0
             try:
-                while True:
-                    piece = await loop.run_in_executor(executor, stream.next)
-                    if piece is _END:
+                async for piece in pieces:
+                    if not isinstance(piece, str):
+                        raise TypeError(
+                            f"text stream pieces must be str, got {type(piece).__name__}"
+                        )
+                    piece = _clean_piece(piece)
+                    total += len(piece)
+                    if total > self.config.max_text_chars:
+                        raise TextTooLongError(
+                            "text stream exceeded the limit of "
+                            f"{self.config.max_text_chars} characters"
+                        )
+                    collected.append(piece)
+                    source.append(piece)
+            except BaseException as exc:  # reported to the consumer below
+                failure.append(exc)
+            finally:
+                source.close()
+
+        feeder = asyncio.create_task(feed(), name="tts-text-feed")
+        try:
+            inner = self._pull_one(backend, request, "")
+            async with contextlib.aclosing(inner):
+                async for piece in inner:
+                    if piece.waiting_for_text:
+                        await source.wait_for_news()
+                        continue
+                    if failure:
                         break
                     yield piece
-            finally:
-                # A worker may still be inside next(); closing takes the same lock, so
-                # the backend generator is closed right after that one chunk, in a
-                # worker, without making the cancelled consumer wait for it.
-                _submit_or_run(executor, stream.close)
+            if failure and not isinstance(failure[0], asyncio.CancelledError):
+                raise failure[0]
+        finally:
+            if not feeder.done():
+                feeder.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await feeder
+
+    async def _pull_one(
+        self, backend: SpeechBackend, request: SynthesisRequest, text: str
+    ) -> AsyncIterator[AudioPiece]:
+        """One backend ``stream`` call, pulled one piece per worker call."""
+        loop = asyncio.get_running_loop()
+        executor = self._executor
+        segment_request = SynthesisRequest(
+            text=text,
+            voice=request.voice,
+            speed=request.speed,
+            stop=request.stop,
+            options=request.options,
+            text_source=request.text_source,
+        )
+        stream = _SerialIterator(backend.stream(segment_request))
+        try:
+            while True:
+                piece = await loop.run_in_executor(executor, stream.next)
+                if piece is _END:
+                    break
+                yield piece
+        finally:
+            # A worker may still be inside next(); closing takes the same lock, so
+            # the backend generator is closed right after that one chunk, in a
+            # worker, without making the cancelled consumer wait for it.
+            _submit_or_run(executor, stream.close)
 
     async def synthesize(
         self,
@@ -428,6 +603,23 @@ class _SerialIterator:
             close = getattr(self._iterator, "close", None)
             if close is not None:
                 close()
+
+
+def _respan(piece: AudioPiece, mapping: list[int], default_end: int) -> AudioPiece:
+    """Map a piece's span from its segment to the whole text (segment span if none)."""
+    if piece.text_span is None:
+        span = (mapping[0], mapping[-1] + 1) if mapping else None
+    else:
+        span = map_span(piece.text_span, mapping, default_end)
+    return AudioPiece(piece.audio, span, piece.waiting_for_text)
+
+
+def _clean_piece(piece: str) -> str:
+    """Streamed pieces keep their spaces (they join words); only control chars go."""
+    return "".join(
+        " " if (unicodedata.category(ch) in ("Cc", "Cf") and ch not in "\n\u200d") else ch
+        for ch in unicodedata.normalize("NFC", piece)
+    )
 
 
 def _submit_or_run(executor: ThreadPoolExecutor | None, fn: Callable[[], None]) -> None:

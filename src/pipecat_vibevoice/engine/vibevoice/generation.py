@@ -169,6 +169,9 @@ class TextTokenStream:
             self._committed = stripped
         if finished:
             end = len(text.rstrip())
+            if end <= (self._start or 0):  # no speakable text at all
+                self._finished = True
+                return
             self._commit(end)
             # The trailing newline the official processor appends; its offsets point
             # past the text and are clamped when spans are reported.
@@ -346,6 +349,8 @@ def generate(
                 hidden = model.forward_text(input_ids, lm_cache, tts_cache)
                 positive = hidden[:, -1, :]
                 consumed += len(ids)
+            elif consumed == 0:
+                return  # nothing to say (empty text)
             else:
                 text_done = True
             if len(ids) < TEXT_WINDOW:

@@ -1,0 +1,252 @@
+"""VibeVoice-Realtime behind the engine's :class:`SpeechBackend` interface.
+
+Construction is cheap and fails fast: it only checks that the packages are importable
+and that the weights are on this machine (a directory, or a hub id already in the HF
+cache), raising :class:`BackendUnavailable` otherwise — which is what lets
+``engine="auto"`` fall back to the bundled voice without waiting for a model load.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.util
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from loguru import logger
+
+from ..backends.base import AudioPiece, BackendUnavailable, SpeechBackend, SynthesisRequest
+from ..config import TTSConfig
+from .checkpoint import resolve_model_dir
+
+REQUIRED_PACKAGES = ("torch", "transformers", "diffusers", "safetensors", "tokenizers")
+#: The official default voice, listed first when present.
+OFFICIAL_DEFAULT_VOICE = "en-Carter_man"
+#: The tokenizer the official processor loads (``language_model_pretrained_name``).
+DEFAULT_TOKENIZER_REPO = "Qwen/Qwen2.5-0.5B"
+SOLVERS = ("sde-dpmsolver++", "dpmsolver++")
+#: One-to-one character replacements (offsets stay valid): typographic quotes and
+#: dashes the official demo also straightens before tokenising.
+_CHAR_MAP = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"'})
+
+
+def load_tokenizer(model_dir: Path, allow_download: bool = False, cache_dir: str | None = None):
+    """The Qwen2.5 tokenizer (``tokenizers.Tokenizer``) from ``tokenizer.json``.
+
+    Looked for in the model directory (where the docs say to put it), then in the local
+    HF cache of ``Qwen/Qwen2.5-0.5B``; downloaded only with ``allow_download``.
+    """
+    from tokenizers import Tokenizer
+
+    path = model_dir / "tokenizer.json"
+    if path.is_file():
+        return Tokenizer.from_file(str(path))
+    try:
+        from huggingface_hub import hf_hub_download
+
+        cached = hf_hub_download(
+            DEFAULT_TOKENIZER_REPO,
+            "tokenizer.json",
+            cache_dir=cache_dir,
+            local_files_only=not allow_download,
+        )
+        return Tokenizer.from_file(cached)
+    except Exception:
+        pass
+    raise BackendUnavailable(
+        f"VibeVoice tokenizer file 'tokenizer.json' is missing from {model_dir}: "
+        f"copy the Qwen2.5 tokenizer ({DEFAULT_TOKENIZER_REPO}: tokenizer.json) there"
+    )
+
+
+def _pick_device(config: TTSConfig) -> str:
+    import torch
+
+    if config.device == "cpu":
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    if config.device == "cuda":
+        raise BackendUnavailable("device=cuda was asked for but torch sees no CUDA device")
+    return "cpu"
+
+
+class VibeVoiceBackend(SpeechBackend):
+    """Streaming VibeVoice-Realtime-0.5B on our own loop (see :mod:`.generation`)."""
+
+    name = "vibevoice"
+    sample_rate = 24000
+    native_speed = False
+    supports_text_stream = True
+
+    def __init__(self, config: TTSConfig) -> None:
+        missing = [p for p in REQUIRED_PACKAGES if importlib.util.find_spec(p) is None]
+        if missing:
+            raise BackendUnavailable(
+                f"VibeVoice needs {', '.join(missing)} (pip install 'pipecat-vibevoice[vibevoice]')"
+            )
+        self.config = config
+        self.model_dir = resolve_model_dir(
+            config.model_path, config.allow_download, config.cache_dir
+        )
+        self.voice_dirs = [self.model_dir]
+        if config.voices_dir:
+            self.voice_dirs.insert(0, Path(config.voices_dir).expanduser())
+        self.device = "cpu"
+        self.dtype: Any = None
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._preset_paths: dict[str, Path] = {}
+        self._presets: dict[str, Any] = {}
+        self._preset_lock = threading.Lock()
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def load(self) -> None:
+        import torch
+
+        from .checkpoint import load_model
+        from .presets import find_presets
+
+        self._preset_paths = find_presets(self.voice_dirs)
+        if not self._preset_paths:
+            raise BackendUnavailable(
+                "no VibeVoice voice presets (*.pt) found in "
+                + ", ".join(str(d) for d in self.voice_dirs)
+                + " (set voices_dir to the official demo/voices/streaming_model folder)"
+            )
+        self._tokenizer = load_tokenizer(
+            self.model_dir, self.config.allow_download, self.config.cache_dir
+        )
+        self.device = _pick_device(self.config)
+        if self.device == "cuda":
+            self.dtype = torch.bfloat16
+            torch.cuda.set_per_process_memory_fraction(self.config.gpu_memory_fraction)
+        else:
+            self.dtype = torch.float32
+            if self.config.num_threads:
+                torch.set_num_threads(self.config.num_threads)
+        self._model = load_model(self.model_dir, self.device, self.dtype)
+        self._preset(self.voices()[0])  # load and check the default voice now
+        logger.info(
+            f"VibeVoice ready on {self.device} ({self.dtype}), "
+            f"{len(self._preset_paths)} voices from {', '.join(map(str, self.voice_dirs))}"
+        )
+
+    def unload(self) -> None:
+        self._model = None
+        self._presets.clear()
+        gc.collect()
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    @property
+    def model(self) -> Any:
+        """The loaded :class:`VibeVoiceRealtimeModel`."""
+        if self._model is None:
+            raise BackendUnavailable("VibeVoice backend used before load()")
+        return self._model
+
+    def voices(self) -> list[str]:
+        names = list(self._preset_paths)
+        if OFFICIAL_DEFAULT_VOICE in names:
+            names.remove(OFFICIAL_DEFAULT_VOICE)
+            names.insert(0, OFFICIAL_DEFAULT_VOICE)
+        return names
+
+    def describe(self) -> dict[str, Any]:
+        info = {
+            **super().describe(),
+            "model": "VibeVoice-Realtime-0.5B",
+            "model_path": str(self.model_dir),
+            "device": self.device,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "cfg_scale": self.config.cfg_scale,
+            "inference_steps": self.config.inference_steps,
+            "streaming_text_input": True,
+        }
+        if self._model is not None:
+            info["parameters"] = sum(p.numel() for p in self._model.parameters())
+        return info
+
+    def warmup(self) -> None:
+        """Two latents of "Hello." — enough to touch every kernel once."""
+        request = SynthesisRequest(
+            text="Hello.", voice=self.voices()[0], options={"max_latents": 2}
+        )
+        for _ in self.stream(request):
+            pass
+
+    # -- synthesis ----------------------------------------------------------------------
+
+    def _preset(self, voice: str) -> Any:
+        from .presets import load_preset
+
+        with self._preset_lock:
+            preset = self._presets.get(voice)
+            if preset is None:
+                path = self._preset_paths.get(voice)
+                if path is None:
+                    raise ValueError(f"unknown VibeVoice voice {voice!r}")
+                model = self.model
+                preset = load_preset(path).to(model.device, model.dtype)
+                cfg = model.config
+                preset.check_against(
+                    cfg.num_lower_layers, cfg.tts_backbone_num_hidden_layers, cfg.hidden_size
+                )
+                self._presets[voice] = preset
+            return preset
+
+    def encode(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Token ids and character offsets (no special tokens, as the official processor)."""
+        encoding = self._tokenizer.encode(text.translate(_CHAR_MAP), add_special_tokens=False)
+        return list(encoding.ids), [tuple(o) for o in encoding.offsets]
+
+    def settings_for(self, options: dict[str, Any]) -> Any:
+        """Generation settings from per-call options, defaults from the config."""
+        from .generation import GenerationSettings
+
+        cfg_scale = float(options.get("cfg_scale", self.config.cfg_scale))
+        steps = options.get("inference_steps", self.config.inference_steps)
+        if not 0.0 < cfg_scale <= 10.0:
+            raise ValueError(f"cfg_scale must be within (0, 10], got {cfg_scale}")
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 100:
+            raise ValueError(f"inference_steps must be an int within 1..100, got {steps!r}")
+        solver = options.get("solver", SOLVERS[0])
+        if solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+        max_latents = options.get("max_latents")
+        return GenerationSettings(
+            cfg_scale=cfg_scale,
+            inference_steps=steps,
+            algorithm=solver,
+            max_latents=None if max_latents is None else int(max_latents),
+        )
+
+    def stream(self, request: SynthesisRequest) -> Iterator[AudioPiece]:
+        from .generation import WAITING, TextTokenStream, TorchNoise, generate
+
+        settings = self.settings_for(request.options)
+        model = self.model
+        preset = self._preset(request.voice)
+        if request.text_source is not None:
+            tokens = TextTokenStream(self.encode, request.text_source.read)
+        else:
+            tokens = TextTokenStream.whole(self.encode, request.text)
+        noise = TorchNoise(request.options.get("seed"), device=model.device)
+        for item in generate(model, preset, tokens, settings, noise, request.stop):
+            if item is WAITING:
+                yield AudioPiece(np.zeros(0, np.float32), waiting_for_text=True)
+                continue
+            if not item.kept:
+                continue
+            span = tokens.char_span(*item.tokens)
+            if span is None:  # speech after the text ran out: no new text in this window
+                end = len(tokens.text.rstrip())
+                span = (end, end)
+            yield AudioPiece(item.audio, text_span=span)
