@@ -1,0 +1,158 @@
+"""Build the voice-bot pipeline for one connection.
+
+``transport.input() → SpeechGate (Silero) → StreamingWhisperSTT → user aggregator →
+LLM (OpenAI-compatible server or the offline responder) → TTS → transport.output()
+→ assistant aggregator``
+
+Every model comes from :class:`~.models.SharedModels`, so a new connection costs a
+few small per-conversation objects, not a model load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from loguru import logger
+from pipecat.audio.vad.vad_analyzer import VADParams
+from pipecat.frames.frames import TTSSpeakFrame
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_response_universal import (
+    LLMContextAggregatorPair,
+    LLMUserAggregatorParams,
+)
+from pipecat.processors.frame_processor import FrameProcessor
+from pipecat.transports.base_transport import BaseTransport
+from pipecat.turns.user_start import VADUserTurnStartStrategy
+from pipecat.turns.user_turn_strategies import UserTurnStrategies
+
+from .config import BotConfig
+from .models import SharedModels
+from .responder import OfflineResponder
+from .stt import StreamingWhisperSTT
+from .turns import FinalTranscriptTurnStopStrategy
+from .vad import SharedSileroVADAnalyzer, SpeechGate
+
+#: Builds the TTS processor from the shared models and the bot config.
+TTSFactory = Callable[[SharedModels, BotConfig], FrameProcessor]
+
+AUDIO_IN_RATE = 16000
+AUDIO_OUT_RATE = 24000
+
+
+def default_tts_factory(models: SharedModels, config: BotConfig) -> FrameProcessor:
+    """Our Pipecat TTS service over the process-wide engine."""
+    from ..services import VibeVoiceTTSService
+
+    return VibeVoiceTTSService(engine=models.tts, voice=config.voice)
+
+
+def make_llm(config: BotConfig) -> FrameProcessor:
+    """An OpenAI-compatible LLM service when ``llm_url`` is set, else the offline responder."""
+    if config.uses_offline_responder:
+        return OfflineResponder()
+    from pipecat.services.openai.llm import OpenAILLMService
+
+    logger.info(f"LLM: {config.llm_model} at {config.llm_url}")
+    return OpenAILLMService(
+        api_key=config.llm_api_key or "not-needed",
+        base_url=config.llm_url,
+        settings=OpenAILLMService.Settings(model=config.llm_model),
+    )
+
+
+@dataclass
+class VoiceBot:
+    """One conversation's pipeline, its worker, and handles for tests and metrics."""
+
+    pipeline: Pipeline
+    worker: PipelineWorker
+    gate: SpeechGate
+    stt: StreamingWhisperSTT
+    llm: FrameProcessor
+    tts: FrameProcessor
+    context: LLMContext
+
+    async def greet(self, text: str) -> None:
+        """Say ``text`` as the bot's opening line."""
+        if text:
+            await self.worker.queue_frames([TTSSpeakFrame(text)])
+
+
+def build_voice_pipeline(
+    transport: BaseTransport,
+    config: BotConfig,
+    models: SharedModels,
+    *,
+    tts_factory: TTSFactory | None = None,
+    observers: list[Any] | None = None,
+    enable_rtvi: bool = True,
+) -> VoiceBot:
+    """Assemble the pipeline and its worker for one connection (nothing runs yet)."""
+    analyzer = SharedSileroVADAnalyzer(
+        models.vad_session,
+        params=VADParams(
+            confidence=config.vad_confidence,
+            start_secs=config.vad_start_secs,
+            stop_secs=config.vad_stop_secs,
+        ),
+    )
+    gate = SpeechGate(
+        analyzer,
+        onset_confidence=config.onset_confidence,
+        onset_windows=config.onset_windows,
+        end_windows=config.end_windows,
+        pause_timeout_secs=config.pause_timeout_secs,
+        expected_sample_rate=AUDIO_IN_RATE,
+    )
+    stt = StreamingWhisperSTT(
+        models.transcriber,
+        turn_session=models.turn_session,
+        sample_rate=AUDIO_IN_RATE,
+        interim_secs=config.stt_interim_secs,
+        stop_secs=config.vad_stop_secs,
+        max_pause_secs=config.max_pause_secs,
+    )
+    messages: list[Any] = []
+    if not config.uses_offline_responder and config.system_prompt:
+        messages.append({"role": "system", "content": config.system_prompt})
+    context = LLMContext(messages=messages)
+    aggregators = LLMContextAggregatorPair(
+        context,
+        user_params=LLMUserAggregatorParams(
+            user_turn_strategies=UserTurnStrategies(
+                start=[VADUserTurnStartStrategy()],
+                stop=[FinalTranscriptTurnStopStrategy()],
+            ),
+            empty_user_turn=None,
+        ),
+    )
+    llm = make_llm(config)
+    tts = (tts_factory or default_tts_factory)(models, config)
+    pipeline = Pipeline(
+        [
+            transport.input(),
+            gate,
+            stt,
+            aggregators.user(),
+            llm,
+            tts,
+            transport.output(),
+            aggregators.assistant(),
+        ]
+    )
+    worker = PipelineWorker(
+        pipeline,
+        params=PipelineParams(
+            audio_in_sample_rate=AUDIO_IN_RATE,
+            audio_out_sample_rate=AUDIO_OUT_RATE,
+            enable_metrics=True,
+        ),
+        idle_timeout_secs=config.idle_timeout_secs,
+        observers=observers or [],
+        enable_rtvi=enable_rtvi,
+    )
+    return VoiceBot(pipeline, worker, gate, stt, llm, tts, context)

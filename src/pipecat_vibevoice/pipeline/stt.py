@@ -1,0 +1,269 @@
+"""Speech recognition while the user speaks: faster-whisper on the growing utterance.
+
+Stock ``WhisperSTTService`` starts transcribing when VAD reports the end of speech
+(``stop_secs`` later), so a ~0.3-0.5 s transcription sits entirely on the critical
+path. Here:
+
+* the utterance buffer starts with a short pre-roll (VAD confirms speech late);
+* every ``interim_secs`` of new speech the whole buffer is transcribed at low
+  priority and shown to the client as an interim transcript;
+* at the *probable* end of speech (a few quiet Silero windows, well before
+  ``stop_secs``) the final transcript is started speculatively; when VAD confirms the
+  stop it is usually ready. If the user speaks again it is dropped.
+* the turn then ends at once if it sounds finished, else after ``max_pause_secs``
+  of silence (see :mod:`.turns`); a resumed sentence stays one turn, one answer.
+
+Exactly one finalized :class:`TranscriptionFrame` is pushed per user turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+from loguru import logger
+from pipecat.frames.frames import (
+    CancelFrame,
+    EndFrame,
+    Frame,
+    InputAudioRawFrame,
+    InterimTranscriptionFrame,
+    TranscriptionFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.utils.time import time_now_iso8601
+
+from .frames import ProbableSpeechEndFrame, SpeechOnsetFrame, SpeechResumedFrame
+from .models import Transcriber
+from .turns import smart_turn_probability, text_sounds_finished
+
+#: Whisper's window; longer turns are finalized when they reach it.
+MAX_TURN_SECS = 28.0
+
+
+def pcm16_to_float(pcm: bytes | bytearray) -> np.ndarray:
+    """16-bit little-endian PCM to float32 in [-1, 1]."""
+    return np.frombuffer(bytes(pcm), dtype="<i2").astype(np.float32) / 32768.0
+
+
+class _Speculation:
+    """A final transcript started before the end of speech was confirmed."""
+
+    def __init__(self, covered: int, task: asyncio.Task) -> None:
+        self.covered = covered
+        self.task = task
+        self.valid = True
+
+
+class StreamingWhisperSTT(FrameProcessor):
+    """Incremental faster-whisper recognizer that also decides the end of the turn."""
+
+    def __init__(
+        self,
+        transcriber: Transcriber,
+        *,
+        turn_session: Any | None = None,
+        sample_rate: int = 16000,
+        interim_secs: float = 1.0,
+        stop_secs: float = 0.2,
+        max_pause_secs: float = 0.9,
+        preroll_secs: float = 0.5,
+        user_id: str = "user",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self._transcriber = transcriber
+        self._turn_session = turn_session
+        self._rate = sample_rate
+        self._bytes_per_sec = sample_rate * 2
+        self._interim_bytes = int(interim_secs * self._bytes_per_sec)
+        self._stop_secs = stop_secs
+        self._max_pause = max_pause_secs
+        self._preroll: deque[bytes] = deque()
+        self._preroll_bytes = 0
+        self._preroll_max = int(preroll_secs * self._bytes_per_sec)
+        self._user_id = user_id
+        self._buffer: bytearray | None = None
+        self._speaking = False
+        self._last_interim_at = 0
+        self._interim_task: asyncio.Task | None = None
+        self._speculation: _Speculation | None = None
+        self._finalize_task: asyncio.Task | None = None
+        self.turns = 0
+
+    # -- frames ---------------------------------------------------------------------
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        """Buffer user audio and react to the speech gate's and VAD's signals."""
+        await super().process_frame(frame, direction)
+        if isinstance(frame, InputAudioRawFrame):
+            await self._on_audio(frame.audio)
+        elif isinstance(frame, SpeechOnsetFrame):
+            pass
+        elif isinstance(frame, ProbableSpeechEndFrame):
+            self._speculate()
+        elif isinstance(frame, SpeechResumedFrame):
+            self._drop_speculation()
+        elif isinstance(frame, VADUserStartedSpeakingFrame):
+            self._on_speech_started()
+            await self.push_frame(frame, direction)
+        elif isinstance(frame, VADUserStoppedSpeakingFrame):
+            self._speaking = False
+            await self.push_frame(frame, direction)
+            if self._buffer is not None:
+                await self._cancel_finalize()
+                self._finalize_task = self.create_task(
+                    self._finalize(time.monotonic() - frame.stop_secs), "stt-finalize"
+                )
+        elif isinstance(frame, EndFrame | CancelFrame):
+            await self._cancel_finalize()
+            if self._interim_task is not None:
+                await self.cancel_task(self._interim_task)
+                self._interim_task = None
+            self._drop_speculation()
+            await self.push_frame(frame, direction)
+        else:
+            await self.push_frame(frame, direction)
+
+    async def _on_audio(self, audio: bytes) -> None:
+        if self._buffer is None:
+            self._preroll.append(audio)
+            self._preroll_bytes += len(audio)
+            while self._preroll_bytes > self._preroll_max and len(self._preroll) > 1:
+                self._preroll_bytes -= len(self._preroll.popleft())
+            return
+        self._buffer.extend(audio)
+        if len(self._buffer) >= MAX_TURN_SECS * self._bytes_per_sec and self._speaking:
+            logger.warning(f"{self}: utterance reached {MAX_TURN_SECS:.0f}s, ending the turn")
+            self._speaking = False
+            await self._cancel_finalize()
+            self._finalize_task = self.create_task(self._finalize(time.monotonic()), "stt-cut")
+            return
+        self._maybe_interim()
+
+    def _on_speech_started(self) -> None:
+        self._speaking = True
+        self._drop_speculation()
+        if self._finalize_task is not None:
+            # The user went on after a pause: same turn, one answer.
+            self._finalize_task.cancel()
+            self._finalize_task = None
+            logger.debug(f"{self}: speech resumed within the turn")
+        if self._buffer is None:
+            self._buffer = bytearray(b"".join(self._preroll))
+            self._preroll.clear()
+            self._preroll_bytes = 0
+            self._last_interim_at = len(self._buffer)
+
+    # -- transcription ------------------------------------------------------------------
+
+    def _snapshot(self) -> np.ndarray:
+        return pcm16_to_float(self._buffer or b"")
+
+    def _maybe_interim(self) -> None:
+        if (
+            not self._interim_bytes
+            or not self._speaking
+            or self._interim_task is not None
+            or self._speculation is not None
+            or len(self._buffer or b"") - self._last_interim_at < self._interim_bytes
+        ):
+            return
+        self._last_interim_at = len(self._buffer or b"")
+        self._interim_task = self.create_task(self._interim(self._snapshot()), "stt-interim")
+
+    async def _interim(self, audio: np.ndarray) -> None:
+        buffer = self._buffer
+        try:
+            text = await self._transcriber.transcribe(audio, Transcriber.INTERIM)
+            if text and buffer is self._buffer and self._finalize_task is None:
+                await self.push_frame(
+                    InterimTranscriptionFrame(
+                        text=text, user_id=self._user_id, timestamp=time_now_iso8601()
+                    )
+                )
+        except Exception as exc:
+            logger.warning(f"{self}: interim transcription failed: {exc!r}")
+        finally:
+            self._interim_task = None
+
+    def _speculate(self) -> None:
+        if self._buffer is None:
+            return
+        self._drop_speculation()
+        audio = self._snapshot()
+        task = self.create_task(
+            self._transcriber.transcribe(audio, Transcriber.FINAL), "stt-speculative"
+        )
+        self._speculation = _Speculation(len(self._buffer), task)
+
+    def _drop_speculation(self) -> None:
+        spec, self._speculation = self._speculation, None
+        if spec is not None:
+            spec.valid = False
+            if not spec.task.done():
+                spec.task.cancel()
+
+    async def _cancel_finalize(self) -> None:
+        task, self._finalize_task = self._finalize_task, None
+        if task is not None:
+            await self.cancel_task(task)
+
+    async def _finalize(self, silence_started: float) -> None:
+        """Get the turn's transcript, decide whether the turn is over, emit it."""
+        started = time.monotonic()
+        spec = self._speculation
+        reused = spec is not None and spec.valid
+        audio = self._snapshot()
+        try:
+            if reused:
+                text = await spec.task
+            else:
+                text = await self._transcriber.transcribe(audio, Transcriber.FINAL)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.error(f"{self}: transcription failed: {exc!r}")
+            self._end_turn()
+            return
+        finished = text_sounds_finished(text)
+        probability = None
+        if finished and self._turn_session is not None:
+            probability = await asyncio.to_thread(
+                smart_turn_probability, self._turn_session, audio
+            )
+            finished = probability >= 0.5
+        ready_ms = (time.monotonic() - started) * 1000
+        if not finished:
+            wait = self._max_pause - (time.monotonic() - silence_started)
+            logger.debug(
+                f"{self}: turn sounds unfinished ({text!r}, smart-turn={probability}); "
+                f"waiting {max(0.0, wait):.2f}s for more"
+            )
+            if wait > 0:
+                await asyncio.sleep(wait)
+        self._finalize_task = None
+        self._end_turn()
+        if not text:
+            logger.debug(f"{self}: turn had no words")
+            return
+        self.turns += 1
+        logger.info(
+            f"{self}: user said {text!r} (transcript ready {ready_ms:.0f}ms after VAD stop, "
+            f"speculative={reused}, finished={finished})"
+        )
+        await self.push_frame(
+            TranscriptionFrame(
+                text=text, user_id=self._user_id, timestamp=time_now_iso8601(), finalized=True
+            )
+        )
+
+    def _end_turn(self) -> None:
+        self._buffer = None
+        self._drop_speculation()
+        self._speaking = False

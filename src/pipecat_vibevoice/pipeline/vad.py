@@ -1,0 +1,224 @@
+"""The speech gate: Silero VAD on a shared ONNX session, with an early pause.
+
+Confirmed speech still follows Pipecat's rules (``confidence``/``start_secs``/
+``stop_secs``) and is announced with Pipecat's own VAD frames, so the user turn
+strategies, the interruption and RTVI work unchanged. On top of that, the gate
+watches the raw per-window confidence:
+
+* a couple of windows over ``onset_confidence`` → tell the client to *pause*
+  playback now (~70 ms after the user starts) rather than wait ~200 ms+ for the
+  confirmed interruption; if the pause is not confirmed as speech within
+  ``pause_timeout_secs`` the client is told to resume, so a cough costs a hiccup,
+  not the bot's answer;
+* a couple of quiet windows after speech → :class:`ProbableSpeechEndFrame`, which
+  lets the recognizer start the final transcript before ``stop_secs`` has passed.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+from loguru import logger
+from pipecat.audio.vad.silero import SileroOnnxModel, SileroVADAnalyzer
+from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams, VADState
+from pipecat.frames.frames import (
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
+    CancelFrame,
+    EndFrame,
+    Frame,
+    InputAudioRawFrame,
+    OutputTransportMessageUrgentFrame,
+    StartFrame,
+    UserSpeakingFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+
+from .frames import (
+    ClientProtocolErrorFrame,
+    ProbableSpeechEndFrame,
+    SpeechOnsetFrame,
+    SpeechResumedFrame,
+    client_message,
+)
+
+#: Windows under this confidence count as quiet for the probable-end signal.
+QUIET_CONFIDENCE = 0.3
+
+
+class SharedSileroVADAnalyzer(SileroVADAnalyzer):
+    """Pipecat's Silero analyzer over a process-wide ONNX session.
+
+    The recurrent state and the audio context stay in this (per-conversation)
+    object; only the immutable session is shared. ``confidences`` collects the raw
+    score of every window analysed since the caller last drained it.
+    """
+
+    def __init__(self, session: Any, *, sample_rate: int | None = None,
+                 params: VADParams | None = None) -> None:
+        # Skip SileroVADAnalyzer.__init__: it would load a private copy of the model.
+        VADAnalyzer.__init__(self, sample_rate=sample_rate, params=params)
+        model = SileroOnnxModel.__new__(SileroOnnxModel)
+        model.session = session
+        model.sample_rates = [8000, 16000]
+        model.reset_states()
+        self._model = model
+        self._windows_since_reset = 0
+        self._low_confidence_windows = 0
+        self.confidences: list[float] = []
+
+    def voice_confidence(self, buffer: bytes) -> float:
+        """Score one window and remember the raw score."""
+        confidence = super().voice_confidence(buffer)
+        self.confidences.append(float(np.asarray(confidence).reshape(-1)[0]))
+        return confidence
+
+    def drain(self) -> list[float]:
+        """Raw scores of the windows analysed since the last call."""
+        values, self.confidences = self.confidences, []
+        return values
+
+
+class SpeechGate(FrameProcessor):
+    """VAD processor with an early playback pause and an early end-of-speech hint."""
+
+    def __init__(
+        self,
+        analyzer: SharedSileroVADAnalyzer,
+        *,
+        onset_confidence: float = 0.5,
+        onset_windows: int = 2,
+        end_windows: int = 2,
+        pause_timeout_secs: float = 0.6,
+        expected_sample_rate: int = 16000,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self._analyzer = analyzer
+        self._onset_confidence = onset_confidence
+        self._onset_windows = onset_windows
+        self._end_windows = end_windows
+        self._pause_timeout = pause_timeout_secs
+        self._expected_rate = expected_sample_rate
+        self._state = VADState.QUIET
+        self._high_run = 0
+        self._low_run = 0
+        self._in_speech = False  # raw: onset seen and no probable end since
+        self._probable_end = False
+        self._paused_at: float | None = None
+        self._bot_speaking = False
+        self._last_activity = 0.0
+        self._rate_warned = False
+        self.pauses = 0
+        self.false_pauses = 0
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        """Forward every frame, then run the VAD on user audio."""
+        await super().process_frame(frame, direction)
+        if isinstance(frame, ClientProtocolErrorFrame):
+            await self._send_client(client_message("error", error=frame.error))
+            return
+        if isinstance(frame, InputAudioRawFrame):
+            if frame.sample_rate != self._expected_rate or frame.num_channels != 1:
+                await self._reject_audio(frame)
+                return
+            await self.push_frame(frame, direction)
+            await self._analyze(frame)
+            return
+        if isinstance(frame, BotStartedSpeakingFrame):
+            self._bot_speaking = True
+        elif isinstance(frame, BotStoppedSpeakingFrame):
+            self._bot_speaking = False
+        await self.push_frame(frame, direction)
+        if isinstance(frame, StartFrame):
+            self._analyzer.set_sample_rate(self._expected_rate)
+        elif isinstance(frame, EndFrame | CancelFrame):
+            await self._analyzer.cleanup()
+
+    async def _reject_audio(self, frame: InputAudioRawFrame) -> None:
+        if not self._rate_warned:
+            self._rate_warned = True
+            error = (
+                f"audio must be 16-bit mono PCM at {self._expected_rate} Hz; got "
+                f"{frame.sample_rate} Hz, {frame.num_channels} channel(s): dropped"
+            )
+            logger.warning(f"{self}: {error}")
+            await self._send_client(client_message("error", error=error))
+
+    async def _analyze(self, frame: InputAudioRawFrame) -> None:
+        new_state = await self._analyzer.analyze_audio(frame.audio)
+        now = time.monotonic()
+        for confidence in self._analyzer.drain():
+            await self._on_window(confidence, now)
+        if new_state != self._state and new_state in (VADState.SPEAKING, VADState.QUIET):
+            if new_state == VADState.SPEAKING:
+                logger.debug(f"{self}: user started speaking")
+                if self._paused_at is not None:
+                    # Confirmed: what the client holds is stale. A new turn also gets
+                    # Pipecat's interruption; a turn resumed after a pause gets none,
+                    # so the gate must say it.
+                    self._paused_at = None
+                    await self._send_client(client_message("playback-flush"))
+                await self.broadcast_frame(
+                    VADUserStartedSpeakingFrame, start_secs=self._analyzer.params.start_secs
+                )
+            else:
+                logger.debug(f"{self}: user stopped speaking")
+                await self.broadcast_frame(
+                    VADUserStoppedSpeakingFrame, stop_secs=self._analyzer.params.stop_secs
+                )
+            self._state = new_state
+        if self._state == VADState.SPEAKING and now - self._last_activity >= 0.2:
+            self._last_activity = now
+            await self.broadcast_frame(UserSpeakingFrame)
+        if (
+            self._paused_at is not None
+            and now - self._paused_at >= self._pause_timeout
+            and self._state != VADState.SPEAKING
+            and new_state != VADState.STARTING
+        ):
+            self._paused_at = None
+            self.false_pauses += 1
+            logger.debug(f"{self}: onset not confirmed as speech, resuming playback")
+            await self._send_client(client_message("playback-resume"))
+
+    async def _on_window(self, confidence: float, now: float) -> None:
+        if confidence >= self._onset_confidence:
+            self._high_run += 1
+            self._low_run = 0
+        else:
+            self._high_run = 0
+            self._low_run = self._low_run + 1 if confidence < QUIET_CONFIDENCE else 0
+        if self._high_run >= self._onset_windows and not self._in_speech:
+            self._in_speech = True
+            if self._probable_end:
+                self._probable_end = False
+                await self.push_frame(SpeechResumedFrame())
+            await self.push_frame(SpeechOnsetFrame())
+            if self._paused_at is None and self._state != VADState.SPEAKING:
+                self._paused_at = now
+                self.pauses += 1
+                await self._send_client(
+                    client_message("playback-pause", bot_speaking=self._bot_speaking)
+                )
+        elif self._low_run >= self._end_windows and self._in_speech:
+            self._in_speech = False
+            self._probable_end = True
+            await self.push_frame(ProbableSpeechEndFrame())
+
+    async def _send_client(self, message: dict) -> None:
+        await self.push_frame(OutputTransportMessageUrgentFrame(message=message))
+
+
+def confidence_of(session: Any, audio: np.ndarray) -> list[float]:
+    """Raw Silero scores of 16 kHz float audio (512-sample windows); for tools/tests."""
+    analyzer = SharedSileroVADAnalyzer(session, sample_rate=16000)
+    analyzer.set_sample_rate(16000)
+    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+    for i in range(0, len(pcm) - 1023, 1024):
+        analyzer.voice_confidence(pcm[i : i + 1024])
+    return analyzer.drain()

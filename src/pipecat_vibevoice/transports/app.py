@@ -1,0 +1,80 @@
+"""The FastAPI app factory: ``GET /``, ``WS /ws``, ``GET /health`` on one port.
+
+Extending it: add a router factory to :data:`ROUTER_FACTORIES` (or pass
+``extra_routers``). Routers reach the process-wide state through ``request.app.state``
+(or ``websocket.app.state``):
+
+* ``state.settings`` — :class:`~.settings.ServerSettings`
+* ``state.models`` — :class:`~pipecat_vibevoice.pipeline.SharedModels` (TTS engine,
+  Whisper transcriber, Silero and smart-turn sessions), loaded once at start-up
+* ``state.engine`` — the TTS engine (same as ``state.models.tts``)
+* ``state.sessions`` — :class:`~.session.SessionRegistry`
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+from loguru import logger
+
+from ..pipeline.models import SharedModels, load_shared_models
+from .routes import bot_router
+from .session import SessionRegistry
+from .settings import ServerSettings
+
+#: Every router of the app, in one place. Each entry is a zero-argument factory.
+ROUTER_FACTORIES: list[Callable[[], APIRouter]] = [bot_router]
+
+
+def create_app(
+    settings: ServerSettings | None = None,
+    *,
+    models: SharedModels | None = None,
+    extra_routers: Sequence[APIRouter] = (),
+    tts_factory: Any = None,
+) -> FastAPI:
+    """Build the app; models load in the lifespan (or pass preloaded ``models``).
+
+    Args:
+        settings: Server, conversation and engine settings (defaults if omitted).
+        models: Already loaded shared models (tests share one set across apps).
+        extra_routers: More routers to include after :data:`ROUTER_FACTORIES`.
+        tts_factory: Override of the pipeline's TTS processor factory (tests).
+
+    """
+    settings = settings or ServerSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = False
+        if app.state.models is None and settings.pipeline == "vibevoice":
+            app.state.models = await load_shared_models(settings.bot, settings.tts)
+            owned = True
+        if app.state.models is not None:
+            app.state.engine = app.state.models.tts
+        logger.info(
+            f"voice bot ready on http://{settings.host}:{settings.port} "
+            f"(pipeline={settings.pipeline}, "
+            f"llm={'offline responder' if settings.bot.uses_offline_responder else settings.bot.llm_url})"
+        )
+        try:
+            yield
+        finally:
+            await app.state.sessions.cancel_all("server shutting down")
+            if owned:
+                await app.state.models.close()
+
+    app = FastAPI(title="pipecat-vibevoice voice bot", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.models = models
+    app.state.engine = models.tts if models is not None else None
+    app.state.sessions = SessionRegistry()
+    app.state.tts_factory = tts_factory
+    for factory in ROUTER_FACTORIES:
+        app.include_router(factory())
+    for router in extra_routers:
+        app.include_router(router)
+    return app
