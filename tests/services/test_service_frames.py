@@ -1,0 +1,124 @@
+"""Frames of a spoken utterance: order, format, chunk size, metrics, engine sources."""
+
+from __future__ import annotations
+
+import pytest
+from pipecat.frames.frames import (
+    MetricsFrame,
+    TTSAudioRawFrame,
+    TTSSpeakFrame,
+    TTSStartedFrame,
+    TTSStoppedFrame,
+)
+from pipecat.metrics.metrics import TTFBMetricsData, TTSUsageMetricsData
+from pipecat.pipeline.worker import PipelineParams
+from pipecat.tests.utils import run_test
+from services.service_helpers import audio_frames, shape
+
+from pipecat_vibevoice.engine import TTSConfig, TTSEngine, shutdown_tts_engine
+from pipecat_vibevoice.services import VibeVoiceTTSService
+
+TEXT = "The quick brown fox jumps over the lazy dog near the river bank."
+
+
+async def test_speak_frame_gives_started_audio_stopped_in_order(piper_engine: TTSEngine) -> None:
+    tts = VibeVoiceTTSService(piper_engine)
+    down, up = await run_test(
+        tts,
+        frames_to_send=[TTSSpeakFrame(TEXT)],
+        pipeline_params=PipelineParams(enable_metrics=True, enable_usage_metrics=True),
+        start_timeout=10,
+    )
+    assert not up, f"unexpected upstream frames: {up}"
+    assert shape(down) == [
+        "AggregatedTextFrame",
+        "TTSStartedFrame",
+        "TTSAudioRawFrame",
+        "TTSTextFrame",
+        "LLMAssistantPushAggregationFrame",
+        "TTSStoppedFrame",
+    ]
+    started = next(f for f in down if isinstance(f, TTSStartedFrame))
+    stopped = next(f for f in down if isinstance(f, TTSStoppedFrame))
+    audio = audio_frames(down)
+    assert {f.context_id for f in audio} == {started.context_id} == {stopped.context_id}
+    assert {(f.sample_rate, f.num_channels) for f in audio} == {(24000, 1)}
+    # Engine chunks pass through unchanged: 80 ms = 1920 samples, the last one shorter.
+    assert {len(f.audio) for f in audio[:-1]} == {3840}
+    assert 0 < len(audio[-1].audio) <= 3840 and len(audio[-1].audio) % 2 == 0
+    seconds = sum(len(f.audio) for f in audio) / 2 / 24000
+    assert 2.0 < seconds < 8.0
+
+    # Pipecat reports zeroed metrics at start; the utterance's come after TTSStartedFrame.
+    started_index = down.index(started)
+    metrics = [d for f in down[started_index:] if isinstance(f, MetricsFrame) for d in f.data]
+    ttfb = [d for d in metrics if isinstance(d, TTFBMetricsData)]
+    # Usage is reported as synthesis starts, which may be before TTSStartedFrame is out.
+    usage = [
+        d
+        for f in down
+        if isinstance(f, MetricsFrame)
+        for d in f.data
+        if isinstance(d, TTSUsageMetricsData) and d.value
+    ]
+    assert len(ttfb) == 1 and 0.0 < ttfb[0].value < 2.0
+    assert ttfb[0].model == "piper"
+    assert [u.value for u in usage] == [len(TEXT)]
+    # The TTFB metric is reported before the first audio frame (it stops on it).
+    first_audio = next(i for i, f in enumerate(down) if isinstance(f, TTSAudioRawFrame))
+    ttfb_index = next(
+        i
+        for i, f in enumerate(down)
+        if isinstance(f, MetricsFrame) and any(isinstance(d, TTFBMetricsData) for d in f.data)
+    )
+    assert ttfb_index < first_audio
+
+
+async def test_config_constructor_uses_process_engine_and_its_chunk_size() -> None:
+    await shutdown_tts_engine()
+    try:
+        tts = VibeVoiceTTSService(TTSConfig(engine="piper", chunk_ms=40, sample_rate=16000))
+        down, up = await run_test(
+            tts, frames_to_send=[TTSSpeakFrame("Forty millisecond chunks.")], start_timeout=30
+        )
+        assert not up
+        audio = audio_frames(down)
+        assert {f.sample_rate for f in audio} == {16000}
+        assert {len(f.audio) for f in audio[:-1]} == {640 * 2}
+        assert tts.engine is not None and tts.engine.config.chunk_ms == 40
+    finally:
+        await shutdown_tts_engine()
+
+
+async def test_other_output_rate_is_resampled(piper_engine: TTSEngine) -> None:
+    tts = VibeVoiceTTSService(piper_engine, sample_rate=16000)
+    down, _ = await run_test(tts, frames_to_send=[TTSSpeakFrame(TEXT)], start_timeout=10)
+    audio = audio_frames(down)
+    assert {f.sample_rate for f in audio} == {16000}
+    seconds = sum(len(f.audio) for f in audio) / 2 / 16000
+    assert 2.0 < seconds < 8.0
+
+
+async def test_start_loads_engine_resolves_voice_and_warms_up() -> None:
+    engine = TTSEngine(TTSConfig(engine="piper"))
+    try:
+        assert not engine.is_initialized
+        tts = VibeVoiceTTSService(engine)
+        await run_test(tts, frames_to_send=[], start_timeout=30)
+        assert engine.is_initialized
+        assert tts.settings.voice == "en_US-joe-medium"
+        assert tts.settings.model == "piper"
+        # The warm-up went through the engine once (plus the engine's own warm-up).
+        health = await engine.health_check()
+        assert health["utterances"] >= 1
+    finally:
+        await engine.cleanup()
+
+
+def test_constructor_rejects_bad_arguments(piper_engine: TTSEngine) -> None:
+    with pytest.raises(ValueError, match="speed"):
+        VibeVoiceTTSService(piper_engine, settings=VibeVoiceTTSService.Settings(speed=3.0))
+    with pytest.raises(ValueError, match="either"):
+        VibeVoiceTTSService(piper_engine, config=TTSConfig(engine="piper"))
+    with pytest.raises(TypeError):
+        VibeVoiceTTSService("piper")  # type: ignore[arg-type]
