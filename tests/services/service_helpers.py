@@ -112,3 +112,11 @@ def shape(frames: Sequence[Frame]) -> list[str]:
             continue
         names.append(name)
     return names
+
+
+def audio_by_context(frames: Sequence[Frame]) -> dict[str, bytes]:
+    """The audio of each context ID, joined, in order of first appearance."""
+    parts: dict[str, list[bytes]] = {}
+    for f in audio_frames(frames):
+        parts.setdefault(f.context_id, []).append(f.audio)
+    return {k: b"".join(v) for k, v in parts.items()}

@@ -1,0 +1,105 @@
+"""Interruption: the model stops within one piece of work, and no audio of the turn leaks."""
+
+from __future__ import annotations
+
+from pipecat.frames.frames import (
+    InterruptionFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    LLMTextFrame,
+    TTSAudioRawFrame,
+    TTSSpeakFrame,
+)
+from pipecat.services.tts_service import TextAggregationMode
+from pipecat.tests.utils import SleepFrame, run_test
+from services.service_helpers import PieceCounter, Timeline, audio_frames
+
+from pipecat_vibevoice.engine import TTSEngine
+from pipecat_vibevoice.services import VibeVoiceTTSService
+
+SENTENCES = [
+    "The first lighthouse keeper wrote in his log every single evening.",
+    "He noted the wind, the height of the waves and the ships that passed.",
+    "Some nights the fog was so thick that the lamp could barely be seen.",
+    "On those nights he rang the great bell every minute until dawn.",
+    "Years later his grandchildren found the logs in a wooden chest.",
+    "They read them aloud by the fire during the long winter months.",
+] * 6  # ~2 minutes of speech: far more than can be made before the interruption
+LONG_TEXT = " ".join(SENTENCES)
+
+
+def check_no_leak(down, interrupted_context: str) -> list[TTSAudioRawFrame]:
+    """No audio of the interrupted context after the InterruptionFrame; return the audio after."""
+    cut = next(i for i, f in enumerate(down) if isinstance(f, InterruptionFrame))
+    before = audio_frames(down[:cut])
+    after = audio_frames(down[cut:])
+    assert before and all(f.context_id == interrupted_context for f in before)
+    leaked = [f for f in after if f.context_id == interrupted_context]
+    assert not leaked, f"{len(leaked)} audio frames of the interrupted turn came after it"
+    return after
+
+
+async def test_interrupting_a_speak_frame_stops_the_model(piper_engine: TTSEngine) -> None:
+    tts = VibeVoiceTTSService(piper_engine, warmup=False)
+    timeline = Timeline(tts)
+    with PieceCounter(piper_engine) as counter:
+        down, up = await run_test(
+            tts,
+            frames_to_send=[
+                TTSSpeakFrame(LONG_TEXT),
+                SleepFrame(sleep=0.5),
+                InterruptionFrame(),
+                SleepFrame(sleep=0.6),  # time for any runaway work to show up
+                TTSSpeakFrame("Sorry, go ahead."),
+            ],
+            observers=[timeline],
+            start_timeout=10,
+        )
+    interrupted_at = timeline.first_processed(InterruptionFrame)
+    next_turn_at = timeline.last_processed(TTSSpeakFrame)
+    made_before = len(counter.times) - counter.after(interrupted_at)
+    late = counter.after(interrupted_at) - counter.after(next_turn_at)
+    assert made_before > 0, "the interruption came before any audio was made"
+    assert late <= 1, f"the model made {late} pieces after the interruption (allowed: 1)"
+    assert counter.closed_early >= 1, "the long text's model stream was not stopped"
+
+    first_context = audio_frames(down)[0].context_id
+    after = check_no_leak(down, first_context)
+    assert after, "the next utterance produced no audio"
+    assert tts.is_usable
+
+
+async def test_interrupting_a_token_stream_stops_the_model(piper_engine: TTSEngine) -> None:
+    tts = VibeVoiceTTSService(
+        piper_engine, warmup=False, text_aggregation_mode=TextAggregationMode.TOKEN
+    )
+    timeline = Timeline(tts)
+    tokens = [w + " " for w in LONG_TEXT.split(" ")]
+    with PieceCounter(piper_engine) as counter:
+        down, up = await run_test(
+            tts,
+            frames_to_send=[
+                LLMFullResponseStartFrame(),
+                *[LLMTextFrame(t) for t in tokens],
+                SleepFrame(sleep=0.5),
+                InterruptionFrame(),
+                SleepFrame(sleep=0.6),
+                LLMFullResponseStartFrame(),
+                *[LLMTextFrame(t) for t in ["Sorry, ", "go ", "ahead."]],
+                LLMFullResponseEndFrame(),
+            ],
+            observers=[timeline],
+            start_timeout=10,
+        )
+    interrupted_at = timeline.first_processed(InterruptionFrame)
+    next_turn_at = timeline.last_processed(LLMFullResponseStartFrame)
+    made_before = len(counter.times) - counter.after(interrupted_at)
+    late = counter.after(interrupted_at) - counter.after(next_turn_at)
+    assert made_before > 0, "the interruption came before any audio was made"
+    assert late <= 1, f"the model made {late} pieces after the interruption (allowed: 1)"
+    assert counter.closed_early >= 1
+
+    first_context = audio_frames(down)[0].context_id
+    after = check_no_leak(down, first_context)
+    assert after, "the next turn produced no audio"
+    assert not tts._token_tasks, "a token stream task outlived its turn"

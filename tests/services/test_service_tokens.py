@@ -1,0 +1,172 @@
+"""TOKEN mode: a turn's tokens go into one engine stream, and speech starts before the turn ends."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+from pipecat.frames.frames import (
+    ErrorFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    LLMTextFrame,
+    TTSAudioRawFrame,
+    TTSSpeakFrame,
+    TTSStartedFrame,
+    TTSStoppedFrame,
+)
+from pipecat.services.tts_service import TextAggregationMode
+from pipecat.tests.utils import SleepFrame, run_test
+from pipecat.utils.errors import ErrorCategory
+from services.service_helpers import PieceCounter, Timeline, audio_frames, shape
+
+from pipecat_vibevoice.engine import TTSEngine
+from pipecat_vibevoice.services import VibeVoiceTTSService
+from pipecat_vibevoice.services.text_stream import (
+    TextStream,
+    engine_accepts_text_stream,
+    sentences_from,
+)
+
+TOKEN = TextAggregationMode.TOKEN
+FIRST = ["Hello", " there", ",", " friend", ".", " How"]
+REST = [" are", " you", " doing", " this", " fine", " morning", "?"]
+
+
+class RequestLog:
+    """Records every ``synthesize_streaming`` request the engine gets (text kind)."""
+
+    def __init__(self, engine: TTSEngine) -> None:
+        self.engine = engine
+        self.kinds: list[str] = []
+
+    def __enter__(self) -> RequestLog:
+        original = self.engine.synthesize_streaming
+
+        @functools.wraps(original)
+        def wrapper(text, *args, **kwargs):
+            self.kinds.append("str" if isinstance(text, str) else "stream")
+            return original(text, *args, **kwargs)
+
+        self.engine.synthesize_streaming = wrapper  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        del self.engine.synthesize_streaming
+
+
+def turn(*groups: list[str], pause: float = 0.0) -> list:
+    frames: list = [LLMFullResponseStartFrame()]
+    for index, group in enumerate(groups):
+        if index and pause:
+            frames.append(SleepFrame(sleep=pause))
+        frames.extend(LLMTextFrame(t) for t in group)
+    frames.append(LLMFullResponseEndFrame())
+    return frames
+
+
+def test_the_engine_takes_a_text_stream(piper_engine: TTSEngine) -> None:
+    # The agreed engine extension is in: TOKEN mode gets one engine stream per turn.
+    assert engine_accepts_text_stream(piper_engine)
+
+
+async def test_turn_is_one_engine_stream_and_speech_starts_before_the_turn_ends(
+    piper_engine: TTSEngine,
+) -> None:
+    tts = VibeVoiceTTSService(piper_engine, warmup=False, text_aggregation_mode=TOKEN)
+    timeline = Timeline(tts)
+    with RequestLog(piper_engine) as log:
+        down, up = await run_test(
+            tts,
+            frames_to_send=turn(FIRST, REST, pause=1.5),
+            observers=[timeline],
+            start_timeout=10,
+        )
+    assert not [f for f in up if isinstance(f, ErrorFrame)]
+    assert log.kinds == ["stream"]
+    # The first sentence was spoken while the LLM was still "thinking" about the rest.
+    first_audio = timeline.first_pushed(TTSAudioRawFrame)
+    rest_arrived = next(
+        t for t, f in timeline.processed if isinstance(f, LLMTextFrame) and f.text == REST[0]
+    )
+    assert first_audio < rest_arrived
+
+    names = shape(down)
+    assert names[0] == "LLMFullResponseStartFrame" and names[-1] == "LLMFullResponseEndFrame"
+    assert names.count("TTSStartedFrame") == 1 and names.count("TTSStoppedFrame") == 1
+    assert names.index("TTSStartedFrame") < names.index("TTSAudioRawFrame")
+    assert names.index("TTSStoppedFrame") > len(names) - 1 - names[::-1].index("TTSAudioRawFrame")
+    started = next(f for f in down if isinstance(f, TTSStartedFrame))
+    stopped = next(f for f in down if isinstance(f, TTSStoppedFrame))
+    audio = audio_frames(down)
+    assert {f.context_id for f in audio} == {started.context_id} == {stopped.context_id}
+    assert {len(f.audio) for f in audio[:-1]} == {3840}
+    seconds = sum(len(f.audio) for f in audio) / 48000
+    assert 2.0 < seconds < 8.0
+    assert not tts._token_tasks
+
+
+async def test_sentence_fallback_when_the_engine_takes_no_stream(
+    piper_engine: TTSEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(piper_engine, "accepts_text_stream", False, raising=False)
+    tts = VibeVoiceTTSService(piper_engine, warmup=False, text_aggregation_mode=TOKEN)
+    with RequestLog(piper_engine) as log:
+        down, up = await run_test(tts, frames_to_send=turn(FIRST, REST), start_timeout=10)
+    assert not tts.streams_text_into_engine
+    assert log.kinds == ["str", "str"]  # one request per sentence
+    assert not [f for f in up if isinstance(f, ErrorFrame)]
+    names = shape(down)
+    assert names.count("TTSStartedFrame") == 1 and names.count("TTSStoppedFrame") == 1
+    assert len({f.context_id for f in audio_frames(down)}) == 1
+
+
+async def test_speak_frame_and_consecutive_turns_in_token_mode(piper_engine: TTSEngine) -> None:
+    tts = VibeVoiceTTSService(piper_engine, warmup=False, text_aggregation_mode=TOKEN)
+    with RequestLog(piper_engine) as log:
+        down, up = await run_test(
+            tts,
+            frames_to_send=[
+                TTSSpeakFrame("A greeting first."),
+                *turn(["One", " turn", "."]),
+                *turn(["And", " another", "."]),
+            ],
+            start_timeout=10,
+        )
+    assert not [f for f in up if isinstance(f, ErrorFrame)]
+    assert log.kinds == ["stream"] * 3
+    contexts = []
+    for f in audio_frames(down):
+        if not contexts or contexts[-1] != f.context_id:
+            contexts.append(f.context_id)
+    assert len(contexts) == 3 == len(set(contexts))  # no interleaving between turns
+    assert shape(down).count("TTSStoppedFrame") == 3
+
+
+async def test_engine_error_in_a_token_stream_is_reported_and_next_turn_works(
+    piper_engine: TTSEngine,
+) -> None:
+    tts = VibeVoiceTTSService(piper_engine, warmup=False, text_aggregation_mode=TOKEN)
+    with PieceCounter(piper_engine, fail_first=1):
+        down, up = await run_test(
+            tts,
+            frames_to_send=[*turn(["This", " fails", "."]), *turn(["This", " works", "."])],
+            start_timeout=10,
+        )
+    failures = [f for f in up if isinstance(f, ErrorFrame) and "injected" in f.error]
+    assert len(failures) == 1 and failures[0].category is ErrorCategory.SERVER
+    assert len({f.context_id for f in audio_frames(down)}) == 1  # the second turn spoke
+    assert shape(down).count("LLMFullResponseEndFrame") == 2
+    assert tts.is_usable
+    assert not tts._token_tasks
+
+
+async def test_text_stream_and_sentence_regrouping() -> None:
+    stream = TextStream()
+    for piece in ["Dr. Smith", " arrived.", " It was", " 3.5 degrees", ". Cold!"]:
+        stream.put(piece)
+    stream.close()
+    stream.put("ignored after close")
+    sentences = [s async for s in sentences_from(stream)]
+    assert sentences == ["Dr. Smith arrived.", "It was 3.5 degrees.", "Cold!"]
+    assert stream.pieces == 5
