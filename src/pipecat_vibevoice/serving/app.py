@@ -1,0 +1,97 @@
+"""A TTS-only server: ``WS /v1/tts/stream``, ``GET /metrics`` and ``GET /health``.
+
+This is the GPU-host deployment (the engine behind a websocket for bots and apps that
+only need speech), and what the serving tests run against. The voice bot's app
+(:mod:`pipecat_vibevoice.transports.app`) includes the same router next to its own
+routes, so one process can serve both on one port.
+
+Run::
+
+    python -m pipecat_vibevoice.serving --host 0.0.0.0 --port 8000 --engine piper
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from ..engine import TTSConfig, TTSEngine
+from .router import create_tts_router, serving_health
+from .settings import ServingSettings
+
+
+def create_app(
+    settings: ServingSettings | None = None,
+    tts_config: TTSConfig | None = None,
+    *,
+    engine: TTSEngine | None = None,
+) -> FastAPI:
+    """The standalone TTS app; the engine loads (or is adopted) at start-up."""
+    router = create_tts_router(settings, tts_config=tts_config, engine=engine)
+    app = FastAPI(title="pipecat-vibevoice TTS", lifespan=None)
+    app.include_router(router)
+
+    @app.get("/health")
+    async def health(request: Request) -> JSONResponse:
+        service = router.tts_service  # type: ignore[attr-defined]
+        body: dict[str, Any] = {"status": "starting", "serving": serving_health(request.app.state)}
+        if service._engine is not None:
+            engine_health = await service._engine.health_check()
+            body["engine"] = engine_health
+            if engine_health.get("status") in ("ok", "degraded"):
+                body["status"] = "ok"
+        store = (body["serving"] or {}).get("store", {})
+        if body["status"] == "ok" and store.get("status") == "failing":
+            body["status"] = "degraded"  # audio flows, rows are being lost
+        return JSONResponse(body, status_code=200 if body["status"] in ("ok", "degraded") else 503)
+
+    return app
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Flags of ``python -m pipecat_vibevoice.serving``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pipecat_vibevoice.serving",
+        description="TTS server: WS /v1/tts/stream, GET /metrics, GET /health (docs/serving.md).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port")
+    parser.add_argument(
+        "--log-level", default="INFO", choices=("TRACE", "DEBUG", "INFO", "WARNING", "ERROR")
+    )
+    ServingSettings.add_cli_arguments(parser)
+    TTSConfig.add_cli_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve until interrupted."""
+    from loguru import logger
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = ServingSettings.from_args(args)
+        tts_config = TTSConfig.from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    logger.remove()
+    logger.configure(extra={"session": "-"})
+    logger.add(sys.stderr, level=args.log_level)
+    import uvicorn
+
+    uvicorn.run(
+        create_app(settings, tts_config),
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        ws_ping_interval=20,
+        ws_ping_timeout=20,
+        ws_max_size=settings.max_message_bytes * 2,
+    )
+    return 0

@@ -1,0 +1,143 @@
+"""The serving routes: ``WS /v1/tts/stream`` and ``GET /metrics``.
+
+:func:`create_tts_router` returns an ``APIRouter`` with its own lifespan (store
+opened, engine warmed, store flushed at shutdown); FastAPI merges router lifespans
+into the app's, so including the router is all a host app has to do. The
+:class:`~.service.TTSService` is kept on ``app.state.tts_service`` for ``/health``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Response, WebSocket
+from loguru import logger
+
+from ..engine import TTSConfig, TTSEngine
+from .limits import origin_allowed, token_ok
+from .metrics import CONTENT_TYPE
+from .protocol import event
+from .service import TTSService
+from .session import TTSSession
+from .settings import ServingSettings
+
+#: Close codes: policy violation (auth, origin) and "try again later" (busy).
+CLOSE_POLICY = 1008
+CLOSE_TRY_LATER = 1013
+
+
+def create_tts_router(
+    settings: ServingSettings | None = None,
+    *,
+    tts_config: TTSConfig | None = None,
+    engine: TTSEngine | None = None,
+    warm: bool = True,
+) -> APIRouter:
+    """Routes of the TTS service, sharing one engine with the host app.
+
+    Args:
+        settings: Limits, security, cache and store (``ServingSettings.from_env()`` if omitted).
+        tts_config: Engine config when no engine is running yet (else the app's
+            ``state.settings.tts``, else the environment).
+        engine: An engine to use instead of the process-wide one (tests, embedding).
+        warm: Load the engine at start-up rather than on the first connection.
+
+    """
+    settings = settings or ServingSettings.from_env()
+    service = TTSService(settings, tts_config, engine)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.tts_service = service
+        await service.start(app.state, warm=warm)
+        try:
+            yield
+        finally:
+            await service.close()
+
+    router = APIRouter(lifespan=lifespan)
+    router.tts_service = service  # type: ignore[attr-defined]  # for tests and health
+
+    @router.get("/metrics")
+    async def metrics() -> Response:
+        return Response(service.metrics.render(), media_type=CONTENT_TYPE)
+
+    @router.websocket("/v1/tts/stream")
+    async def stream(websocket: WebSocket) -> None:
+        await serve_connection(websocket, service)
+
+    return router
+
+
+async def _refuse(
+    websocket: WebSocket, service: TTSService, reason: str, message: str, code: int
+) -> None:
+    """Accept, say why in an ``error`` event, close: a browser sees the reason too."""
+    service.metrics.errors.labels(reason).inc()
+    logger.info(f"TTS socket refused ({reason}) from {websocket.client}")
+    await websocket.accept()
+    try:
+        await websocket.send_text(event("error", reason=reason, message=message))
+        await websocket.close(code, reason)
+    except Exception:  # the client left first
+        pass
+
+
+async def serve_connection(websocket: WebSocket, service: TTSService) -> None:
+    """Check access and capacity, then run a :class:`TTSSession`."""
+    settings = service.settings
+    headers = websocket.headers
+    if not origin_allowed(headers.get("origin"), headers.get("host"), settings.origins):
+        await _refuse(
+            websocket,
+            service,
+            "forbidden_origin",
+            f"origin {headers.get('origin')!r} is not allowed",
+            CLOSE_POLICY,
+        )
+        return
+    if not token_ok(
+        settings.token, headers.get("authorization"), websocket.scope.get("query_string", b"")
+    ):
+        await _refuse(
+            websocket, service, "unauthorized", "a valid bearer token is required", CLOSE_POLICY
+        )
+        return
+    if not service.connections.try_acquire():
+        await _refuse(
+            websocket,
+            service,
+            "busy",
+            f"the server is at its limit of {settings.max_connections} connections; retry shortly",
+            CLOSE_TRY_LATER,
+        )
+        return
+    service.metrics.active_sessions.inc()
+    try:
+        try:
+            engine = await service.engine(websocket.app.state)
+        except Exception as exc:
+            await _refuse(
+                websocket, service, "engine_unavailable", f"TTS engine failed: {exc}", 1011
+            )
+            return
+        await websocket.accept()
+        session = TTSSession(websocket, service, engine)
+        session.log.info(f"TTS session opened from {websocket.client}")
+        try:
+            await session.run()
+        except Exception as exc:  # ClientGone during the greeting, or a bug: never the server
+            session.log.info(f"TTS session ended: {exc!r}")
+        finally:
+            session.log.info("TTS session closed")
+    finally:
+        service.connections.release()
+        service.metrics.active_sessions.dec()
+
+
+def serving_health(app_state: Any) -> dict[str, Any] | None:
+    """The serving part of ``/health`` (None when the app has no TTS router)."""
+    service = getattr(app_state, "tts_service", None)
+    return service.health() if isinstance(service, TTSService) else None
