@@ -119,3 +119,21 @@ def load_npy(run: str, name: str) -> np.ndarray:
 
 class CountingStop(threading.Event):
     """A stop event; nothing special, named for readability in tests."""
+
+
+@pytest.fixture
+def no_eos(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the EOS head say "not yet" (logit −4, the fixture's designed value).
+
+    The tiny model's EOS head was fitted to the two recorded trajectories only; on any
+    other text it fires after a random handful of latents. Tests of streaming behaviour
+    that need long utterances switch it off; the parity tests keep the real head.
+    """
+    from pipecat_vibevoice.engine.vibevoice.modeling_vibevoice_realtime import (
+        VibeVoiceRealtimeModel,
+    )
+
+    def never(self, hidden):
+        return torch.full((hidden.shape[0],), -4.0, device=hidden.device)
+
+    monkeypatch.setattr(VibeVoiceRealtimeModel, "eos_logit", never)

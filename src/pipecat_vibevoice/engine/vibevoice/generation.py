@@ -147,8 +147,8 @@ class TextTokenStream:
         """A stream over a complete text."""
         return cls(encode, lambda: (text, True))
 
-    def _commit(self, upto: int) -> None:
-        piece = self.text[self._committed : upto]
+    def _commit(self, upto: int, suffix: str = "") -> None:
+        piece = self.text[self._committed : upto] + suffix
         if piece:
             ids, offsets = self._encode(piece)
             base = self._committed
@@ -169,16 +169,11 @@ class TextTokenStream:
             self._committed = stripped
         if finished:
             end = len(text.rstrip())
-            if end <= (self._start or 0):  # no speakable text at all
-                self._finished = True
-                return
-            self._commit(end)
-            # The trailing newline the official processor appends; its offsets point
-            # past the text and are clamped when spans are reported.
-            ids, _ = self._encode("\n")
-            self.ids.extend(ids)
-            self.offsets.extend((end, end) for _ in ids)
             self._finished = True
+            if end > (self._start or 0):  # else: no speakable text at all
+                # The rest goes with the newline the official processor appends, in one
+                # piece (punctuation absorbs a following newline in Qwen2's split).
+                self._commit(end, suffix="\n")
             return
         cut = _last_safe_cut(text, self._committed)
         if cut > self._committed:
@@ -292,6 +287,61 @@ def make_scheduler(model: Any, settings: GenerationSettings) -> Any:
     return DPMSolverMultistepScheduler(**model.config.scheduler_kwargs(settings.algorithm))
 
 
+class _Utterance:
+    """The per-utterance state of :func:`generate` and its model steps.
+
+    Every step runs under its own ``torch.inference_mode``: grad mode is thread-local
+    and a generator may resume on another worker thread, so a mode entered around a
+    ``yield`` would not hold after it.
+    """
+
+    @torch.inference_mode()
+    def __init__(self, model: Any, preset: Any, settings: GenerationSettings) -> None:
+        from transformers.models.vibevoice_acoustic_tokenizer.modeling_vibevoice_acoustic_tokenizer import (  # noqa: E501
+            VibeVoiceAcousticTokenizerConv1dPaddingCache,
+        )
+
+        upper_cfg = model.tts_language_model.config
+        self.model = model
+        self.settings = settings
+        self.lm_cache = preset.lm.make_cache(model.language_model.config)
+        self.tts_cache = preset.tts_lm.make_cache(upper_cfg)
+        self.neg_cache = preset.neg_tts_lm.make_cache(upper_cfg)
+        self.positive = preset.tts_lm.last_hidden_state[:, -1, :]
+        self.negative = preset.neg_tts_lm.last_hidden_state[:, -1, :]
+        self.decoder_cache = VibeVoiceAcousticTokenizerConv1dPaddingCache()
+        self.scheduler = make_scheduler(model, settings)
+
+    @property
+    def positions(self) -> int:
+        """Upper-LM positions used so far."""
+        return self.tts_cache.get_seq_length()
+
+    @torch.inference_mode()
+    def read_text(self, ids: list[int]) -> None:
+        """Run one text window through both LMs; it becomes the positive condition."""
+        input_ids = torch.tensor([ids], dtype=torch.long, device=self.model.device)
+        hidden = self.model.forward_text(input_ids, self.lm_cache, self.tts_cache)
+        self.positive = hidden[:, -1, :]
+
+    @torch.inference_mode()
+    def speak(self, noise: NoiseSource) -> tuple[torch.Tensor, np.ndarray, torch.Tensor]:
+        """Sample and decode one latent: (latent [1, vae], audio, condition [2, H])."""
+        condition = torch.cat([self.positive, self.negative], dim=0)
+        latent = sample_latent(self.model, self.scheduler, condition, self.settings, noise)
+        audio = self.model.decode(latent[:, None, :], self.decoder_cache)
+        return latent, audio[0].float().cpu().numpy(), condition
+
+    @torch.inference_mode()
+    def listen(self, latent: torch.Tensor) -> float:
+        """Feed a latent back into both upper-LM streams; return the EOS logit."""
+        model = self.model
+        embeds = model.connect(latent[:, None, :].to(model.dtype))
+        self.positive = model.forward_speech(embeds, self.tts_cache)[:, -1, :]
+        self.negative = model.forward_speech(embeds, self.neg_cache)[:, -1, :]
+        return float(model.eos_logit(self.positive[:, None, :]).float()[0])
+
+
 def generate(
     model: Any,
     preset: Any,
@@ -304,93 +354,73 @@ def generate(
 
     ``preset`` must already be on the model's device and dtype. Stops before the next
     latent once ``stop`` is set, at EOS, at the latent cap or at the model's position
-    limit. Runs under ``torch.inference_mode``.
+    limit.
     """
-    from transformers.models.vibevoice_acoustic_tokenizer.modeling_vibevoice_acoustic_tokenizer import (  # noqa: E501
-        VibeVoiceAcousticTokenizerConv1dPaddingCache,
-    )
-
     settings = settings or GenerationSettings()
     noise = noise or TorchNoise(device=model.device)
     stopped = stop.is_set if stop is not None else (lambda: False)
-    device = model.device
-    upper_cfg = model.tts_language_model.config
     max_positions = model.config.max_positions
+    state = _Utterance(model, preset, settings)
 
-    with torch.inference_mode():
-        lm_cache = preset.lm.make_cache(model.language_model.config)
-        tts_cache = preset.tts_lm.make_cache(upper_cfg)
-        neg_cache = preset.neg_tts_lm.make_cache(upper_cfg)
-        positive = preset.tts_lm.last_hidden_state[:, -1, :]
-        negative = preset.neg_tts_lm.last_hidden_state[:, -1, :]
-        decoder_cache = VibeVoiceAcousticTokenizerConv1dPaddingCache()
-        scheduler = make_scheduler(model, settings)
-
-        consumed = 0
-        index = 0
-        window = 0
-        finished = False
-        text_done = False
-        while True:
+    consumed = 0
+    index = 0
+    window = 0
+    finished = False
+    text_done = False
+    while True:
+        if stopped():
+            return
+        ids = tokens.take(TEXT_WINDOW)
+        while ids is None:
+            yield WAITING
             if stopped():
                 return
             ids = tokens.take(TEXT_WINDOW)
-            while ids is None:
-                yield WAITING
-                if stopped():
-                    return
-                ids = tokens.take(TEXT_WINDOW)
-            span = (consumed, consumed + len(ids))
-            if ids:
-                if tts_cache.get_seq_length() + len(ids) > max_positions:
-                    logger.warning(f"VibeVoice: position limit {max_positions} reached")
-                    return
-                input_ids = torch.tensor([ids], dtype=torch.long, device=device)
-                hidden = model.forward_text(input_ids, lm_cache, tts_cache)
-                positive = hidden[:, -1, :]
-                consumed += len(ids)
-            elif consumed == 0:
-                return  # nothing to say (empty text)
-            else:
-                text_done = True
-            if len(ids) < TEXT_WINDOW:
-                text_done = True
-            for _ in range(SPEECH_WINDOW):
-                if stopped():
-                    return
-                cap = settings.max_latents
-                if cap is None and text_done:
-                    cap = TRAILING_BASE + TRAILING_PER_TOKEN * consumed
-                if cap is not None and index >= cap:
-                    logger.warning(f"VibeVoice: no EOS after {index} latents, stopping")
-                    return
-                if tts_cache.get_seq_length() + 1 > max_positions:
-                    logger.warning(f"VibeVoice: position limit {max_positions} reached")
-                    return
-                condition = torch.cat([positive, negative], dim=0)
-                latent = sample_latent(model, scheduler, condition, settings, noise)
-                audio = model.decode(latent[:, None, :], decoder_cache)
-                item = SpeechLatent(
-                    index=index,
-                    window=window,
-                    latent=latent,
-                    audio=audio[0].float().cpu().numpy(),
-                    tokens=span,
-                    kept=not finished,
-                    condition=condition,
-                )
-                yield item
-                index += 1
-                if stopped():
-                    return
-                embeds = model.connect(latent[:, None, :].to(model.dtype))
-                positive = model.forward_speech(embeds, tts_cache)[:, -1, :]
-                negative = model.forward_speech(embeds, neg_cache)[:, -1, :]
-                item.eos_logit = float(model.eos_logit(positive[:, None, :]).float()[0])
-                if item.eos_logit > 0 and not finished:  # sigmoid(logit) > 0.5
-                    finished = True
-                    if not settings.complete_window_after_eos:
-                        return
-            if finished:
+        span = (consumed, consumed + len(ids))
+        if ids:
+            if state.positions + len(ids) > max_positions:
+                logger.warning(f"VibeVoice: position limit {max_positions} reached")
                 return
-            window += 1
+            state.read_text(ids)
+            consumed += len(ids)
+        elif consumed == 0:
+            return  # nothing to say (empty text)
+        else:
+            text_done = True
+        if len(ids) < TEXT_WINDOW:
+            text_done = True
+        for _ in range(SPEECH_WINDOW):
+            if stopped():
+                return
+            cap = settings.max_latents
+            if cap is None and text_done:
+                cap = TRAILING_BASE + TRAILING_PER_TOKEN * consumed
+            if cap is not None and index >= cap:
+                if settings.max_latents is None:
+                    logger.warning(f"VibeVoice: no EOS after {index} latents, stopping")
+                return
+            if state.positions + 1 > max_positions:
+                logger.warning(f"VibeVoice: position limit {max_positions} reached")
+                return
+            latent, audio, condition = state.speak(noise)
+            item = SpeechLatent(
+                index=index,
+                window=window,
+                latent=latent,
+                audio=audio,
+                tokens=span,
+                kept=not finished,
+                condition=condition,
+            )
+            yield item
+            index += 1
+            if stopped():
+                return
+            item.eos_logit = state.listen(latent)
+            if item.eos_logit > 0 and not finished:  # sigmoid(logit) > 0.5
+                finished = True
+                if not settings.complete_window_after_eos:
+                    return
+        if finished:
+            return
+        window += 1
