@@ -47,7 +47,12 @@ def default_tts_factory(models: SharedModels, config: BotConfig) -> FrameProcess
     """Our Pipecat TTS service over the process-wide engine."""
     from ..services import VibeVoiceTTSService
 
-    return VibeVoiceTTSService(engine=models.tts, voice=config.voice)
+    voice = models.tts.resolve_voice(config.voice)
+    return VibeVoiceTTSService(
+        models.tts,
+        settings=VibeVoiceTTSService.Settings(voice=voice),
+        sample_rate=AUDIO_OUT_RATE,
+    )
 
 
 def make_llm(config: BotConfig) -> FrameProcessor:

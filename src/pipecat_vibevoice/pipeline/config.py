@@ -46,7 +46,9 @@ class BotConfig:
         end_windows: Consecutive quiet windows after speech that start the final
             transcription speculatively (before ``vad_stop_secs`` has passed).
         max_pause_secs: Silence after which a turn ends even if it sounds unfinished.
-        smart_turn: Also ask Pipecat's bundled smart-turn model whether the turn is over.
+        smart_turn: Also ask Pipecat's bundled smart-turn model whether the turn is over
+            (off by default: on synthetic test speech it often calls finished sentences
+            unfinished, which costs ``max_pause_secs``).
         llm_url: OpenAI-compatible base URL (e.g. ``http://127.0.0.1:11434/v1``);
             ``None`` uses the offline responder.
         llm_model: Model name sent to that server.
@@ -69,7 +71,7 @@ class BotConfig:
     pause_timeout_secs: float = 0.6
     end_windows: int = 2
     max_pause_secs: float = 0.9
-    smart_turn: bool = True
+    smart_turn: bool = False
     llm_url: str | None = None
     llm_model: str = "llama3.2"
     llm_api_key: str | None = field(default=None, repr=False)

@@ -73,6 +73,7 @@ class StreamingWhisperSTT(FrameProcessor):
         stop_secs: float = 0.2,
         max_pause_secs: float = 0.9,
         preroll_secs: float = 0.5,
+        onset_hold_secs: float = 0.5,
         user_id: str = "user",
         **kwargs: Any,
     ) -> None:
@@ -94,6 +95,8 @@ class StreamingWhisperSTT(FrameProcessor):
         self._interim_task: asyncio.Task | None = None
         self._speculation: _Speculation | None = None
         self._finalize_task: asyncio.Task | None = None
+        self._onset_at: float | None = None
+        self._onset_hold = onset_hold_secs
         self.turns = 0
 
     # -- frames ---------------------------------------------------------------------
@@ -104,7 +107,7 @@ class StreamingWhisperSTT(FrameProcessor):
         if isinstance(frame, InputAudioRawFrame):
             await self._on_audio(frame.audio)
         elif isinstance(frame, SpeechOnsetFrame):
-            pass
+            self._onset_at = time.monotonic()
         elif isinstance(frame, ProbableSpeechEndFrame):
             self._speculate()
         elif isinstance(frame, SpeechResumedFrame):
@@ -148,6 +151,7 @@ class StreamingWhisperSTT(FrameProcessor):
 
     def _on_speech_started(self) -> None:
         self._speaking = True
+        self._onset_at = None
         self._drop_speculation()
         if self._finalize_task is not None:
             # The user went on after a pause: same turn, one answer.
@@ -247,6 +251,10 @@ class StreamingWhisperSTT(FrameProcessor):
             )
             if wait > 0:
                 await asyncio.sleep(wait)
+            # Speech may be starting again (raw onset, not yet confirmed by VAD): give
+            # VAD the chance to confirm it — which cancels this task — before ending.
+            while self._onset_at is not None and time.monotonic() - self._onset_at < self._onset_hold:
+                await asyncio.sleep(0.02)
         self._finalize_task = None
         self._end_turn()
         if not text:
@@ -264,6 +272,13 @@ class StreamingWhisperSTT(FrameProcessor):
         )
 
     def _end_turn(self) -> None:
+        # Audio that arrived after the transcript was taken may be the start of the
+        # next turn: keep the tail as pre-roll so its first word is not lost.
+        if self._buffer:
+            tail = bytes(self._buffer[-self._preroll_max :])
+            self._preroll.clear()
+            self._preroll.append(tail)
+            self._preroll_bytes = len(tail)
         self._buffer = None
         self._drop_speculation()
         self._speaking = False

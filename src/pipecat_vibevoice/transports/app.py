@@ -55,6 +55,8 @@ def create_app(
             owned = True
         if app.state.models is not None:
             app.state.engine = app.state.models.tts
+            # Fail at start, not at the first call, on a voice that does not exist.
+            app.state.models.tts.resolve_voice(settings.bot.voice)
         logger.info(
             f"voice bot ready on http://{settings.host}:{settings.port} "
             f"(pipeline={settings.pipeline}, "
