@@ -181,15 +181,21 @@ def load_model(model_dir: str | Path, device: str = "cpu", dtype=None):
     expected = model.state_dict()
     state: dict[str, torch.Tensor] = {}
     skipped = 0
+    unknown: list[str] = []
     for file in weight_files(model_dir):
         with safe_open(str(file), framework="pt", device="cpu") as handle:
             for name in handle.keys():  # noqa: SIM118 - safe_open has no __iter__
-                local = official_to_local(name)
-                if local is None:
+                try:
+                    local = official_to_local(name)
+                except KeyError:
+                    local = ""
+                if not local or local not in expected:
+                    # Encoder (by design) or a tensor we do not know: extras cannot hurt
+                    # inference, so they are skipped and counted; *missing* ones fail below.
                     skipped += 1
+                    if local == "":
+                        unknown.append(name)
                     continue
-                if local not in expected:
-                    raise KeyError(f"checkpoint tensor {name} maps to unknown {local}")
                 tensor = handle.get_tensor(name)
                 if tuple(tensor.shape) != tuple(expected[local].shape):
                     raise ValueError(
@@ -203,11 +209,16 @@ def load_model(model_dir: str | Path, device: str = "cpu", dtype=None):
         raise ValueError(
             f"checkpoint in {model_dir} lacks {len(missing)} tensors, e.g. {missing[:3]}"
         )
+    if unknown:
+        logger.warning(
+            f"VibeVoice checkpoint has {len(unknown)} tensors this model does not use, "
+            f"e.g. {unknown[:3]}"
+        )
     model.load_state_dict(state, strict=True, assign=True)
     model.rebuild_runtime_buffers()
     model.eval()
     logger.info(
         f"VibeVoice-Realtime loaded from {model_dir}: {len(state)} tensors on {device} "
-        f"({dtype}), {skipped} encoder tensors skipped"
+        f"({dtype}), {skipped} unused tensors (acoustic encoder) skipped"
     )
     return model
