@@ -186,3 +186,22 @@ def test_eos_ends_the_utterance_with_the_latent_that_fired(tiny_model, tiny_pres
     logits = [i.eos_logit for i in items]
     assert all(x <= 0 for x in logits[:-1])
     assert logits[-1] > 0 or len(items) == 30 + 3 * len(tokens.ids)
+
+
+def test_bfloat16_path_runs_end_to_end(fixture_dir) -> None:
+    """The CUDA dtype (bf16) exercised on CPU: every step accepts it, audio is float32."""
+    import torch
+
+    from pipecat_vibevoice.engine.vibevoice.checkpoint import load_model
+    from pipecat_vibevoice.engine.vibevoice.generation import FixedTokens
+    from pipecat_vibevoice.engine.vibevoice.presets import load_preset
+
+    model = load_model(fixture_dir, "cpu", torch.bfloat16)
+    assert model.dtype == torch.bfloat16 and model.speech_scaling_factor.dtype == torch.float32
+    preset = load_preset(fixture_dir / "voice_preset.pt").to("cpu", torch.bfloat16)
+    settings = GenerationSettings(max_latents=7, inference_steps=2)
+    items = list(generate(model, preset, FixedTokens(list(range(1, 13))), settings, TorchNoise(0)))
+    assert 1 <= len(items) <= 7
+    for item in items:
+        assert item.audio.dtype == np.float32 and item.audio.shape == (3200,)
+        assert np.isfinite(item.audio).all()
