@@ -62,7 +62,7 @@ async def test_question_gets_transcript_and_spoken_answer_then_barge_in_silences
 
 
 async def test_short_pause_inside_a_sentence_gets_one_answer(bot_server, speech):
-    """"I would like ... with <0.45 s> extra cheese" is one turn and one answer."""
+    """ "I would like ... with <0.45 s> extra cheese" is one turn and one answer."""
     async with VoiceClient(bot_server.ws_url) as client:
         await asyncio.sleep(0.5)
         start = time.monotonic()
@@ -73,9 +73,7 @@ async def test_short_pause_inside_a_sentence_gets_one_answer(bot_server, speech)
         finals = client.final_transcripts(after=start)
         assert len(finals) == 1, f"the pause split the turn: {finals}"
         assert "pizza" in finals[0].lower() and "cheese" in finals[0].lower()
-        answers = [
-            m for _, m in client.events.messages if m.get("type") == "bot-llm-started"
-        ]
+        answers = [m for _, m in client.events.messages if m.get("type") == "bot-llm-started"]
         assert len(answers) == 1, f"bot answered {len(answers)} times"
 
 
@@ -87,12 +85,14 @@ async def test_many_clients_at_once(bot_server, speech):
     try:
         await asyncio.sleep(0.5)
         phrases = ["question", "hello", "question"]
-        utts = await asyncio.gather(*(c.say(speech[p]) for c, p in zip(clients, phrases)))
+        utts = await asyncio.gather(
+            *(c.say(speech[p]) for c, p in zip(clients, phrases, strict=True))
+        )
         await asyncio.gather(
-            *(c.wait_bot_audio(u.end, timeout=25) for c, u in zip(clients, utts))
+            *(c.wait_bot_audio(u.end, timeout=25) for c, u in zip(clients, utts, strict=True))
         )
         assert bot_server.health()["sessions"]["active"] >= 3
-        for c, p in zip(clients, phrases):
+        for c, p in zip(clients, phrases, strict=True):
             finals = c.final_transcripts()
             assert len(finals) == 1, finals
             assert ("paris" if p == "question" else "hear") in finals[0].lower()

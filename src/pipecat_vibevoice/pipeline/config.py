@@ -109,7 +109,9 @@ class BotConfig:
         if self.llm_url is not None and not self.llm_url.startswith(("http://", "https://")):
             raise BotConfigError(f"llm_url must be an http(s) URL, got {self.llm_url!r}")
         if self.idle_timeout_secs <= 0:
-            raise BotConfigError(f"idle_timeout_secs must be positive, got {self.idle_timeout_secs}")
+            raise BotConfigError(
+                f"idle_timeout_secs must be positive, got {self.idle_timeout_secs}"
+            )
 
     @property
     def uses_offline_responder(self) -> bool:
@@ -129,44 +131,100 @@ class BotConfig:
         """Add the bot flags (``--llm-url``, ``--vad-stop-secs``, ...) to ``parser``."""
         d = BotConfig.__dataclass_fields__
         g = parser.add_argument_group("conversation", "speech recognition, turns, barge-in, LLM")
-        g.add_argument("--llm-url", default=None, help="OpenAI-compatible base URL, e.g. "
-                       "http://127.0.0.1:11434/v1 (default: the built-in offline responder; key "
-                       f"from ${LLM_API_KEY_ENV})")
-        g.add_argument("--llm-model", default=d["llm_model"].default,
-                       help="model name for --llm-url (default: %(default)s)")
-        g.add_argument("--system-prompt", default=d["system_prompt"].default,
-                       help="system prompt sent to the LLM")
-        g.add_argument("--stt-model-path", default=None,
-                       help="faster-whisper model dir (default: bundled tiny.en)")
-        g.add_argument("--stt-threads", type=int, default=d["stt_threads"].default,
-                       help="CPU threads per transcription (default: %(default)s)")
-        g.add_argument("--stt-interim-secs", type=float, default=d["stt_interim_secs"].default,
-                       help="interim transcript every N s of speech, 0 = off (default: %(default)s)")
-        g.add_argument("--vad-confidence", type=float, default=d["vad_confidence"].default,
-                       help="Silero speech confidence (default: %(default)s)")
-        g.add_argument("--vad-start-secs", type=float, default=d["vad_start_secs"].default,
-                       help="speech that confirms a user turn (default: %(default)s)")
-        g.add_argument("--vad-stop-secs", type=float, default=d["vad_stop_secs"].default,
-                       help="silence before end of turn is considered (default: %(default)s)")
-        g.add_argument("--onset-confidence", type=float, default=d["onset_confidence"].default,
-                       help="raw confidence that pauses bot playback (default: %(default)s)")
-        g.add_argument("--onset-windows", type=int, default=d["onset_windows"].default,
-                       help="32 ms windows over --onset-confidence to pause (default: %(default)s)")
-        g.add_argument("--pause-timeout-secs", type=float,
-                       default=d["pause_timeout_secs"].default,
-                       help="resume playback if a pause is not confirmed (default: %(default)s)")
-        g.add_argument("--max-pause-secs", type=float, default=d["max_pause_secs"].default,
-                       help="silence that ends even an unfinished-sounding turn "
-                       "(default: %(default)s)")
-        g.add_argument("--smart-turn", action=argparse.BooleanOptionalAction,
-                       default=d["smart_turn"].default,
-                       help="use Pipecat's bundled smart-turn model too (default: %(default)s)")
-        g.add_argument("--voice", default=d["voice"].default,
-                       help="TTS voice name or index (default: engine default)")
+        g.add_argument(
+            "--llm-url",
+            default=None,
+            help="OpenAI-compatible base URL, e.g. "
+            "http://127.0.0.1:11434/v1 (default: the built-in offline responder; key "
+            f"from ${LLM_API_KEY_ENV})",
+        )
+        g.add_argument(
+            "--llm-model",
+            default=d["llm_model"].default,
+            help="model name for --llm-url (default: %(default)s)",
+        )
+        g.add_argument(
+            "--system-prompt",
+            default=d["system_prompt"].default,
+            help="system prompt sent to the LLM",
+        )
+        g.add_argument(
+            "--stt-model-path",
+            default=None,
+            help="faster-whisper model dir (default: bundled tiny.en)",
+        )
+        g.add_argument(
+            "--stt-threads",
+            type=int,
+            default=d["stt_threads"].default,
+            help="CPU threads per transcription (default: %(default)s)",
+        )
+        g.add_argument(
+            "--stt-interim-secs",
+            type=float,
+            default=d["stt_interim_secs"].default,
+            help="interim transcript every N s of speech, 0 = off (default: %(default)s)",
+        )
+        g.add_argument(
+            "--vad-confidence",
+            type=float,
+            default=d["vad_confidence"].default,
+            help="Silero speech confidence (default: %(default)s)",
+        )
+        g.add_argument(
+            "--vad-start-secs",
+            type=float,
+            default=d["vad_start_secs"].default,
+            help="speech that confirms a user turn (default: %(default)s)",
+        )
+        g.add_argument(
+            "--vad-stop-secs",
+            type=float,
+            default=d["vad_stop_secs"].default,
+            help="silence before end of turn is considered (default: %(default)s)",
+        )
+        g.add_argument(
+            "--onset-confidence",
+            type=float,
+            default=d["onset_confidence"].default,
+            help="raw confidence that pauses bot playback (default: %(default)s)",
+        )
+        g.add_argument(
+            "--onset-windows",
+            type=int,
+            default=d["onset_windows"].default,
+            help="32 ms windows over --onset-confidence to pause (default: %(default)s)",
+        )
+        g.add_argument(
+            "--pause-timeout-secs",
+            type=float,
+            default=d["pause_timeout_secs"].default,
+            help="resume playback if a pause is not confirmed (default: %(default)s)",
+        )
+        g.add_argument(
+            "--max-pause-secs",
+            type=float,
+            default=d["max_pause_secs"].default,
+            help="silence that ends even an unfinished-sounding turn (default: %(default)s)",
+        )
+        g.add_argument(
+            "--smart-turn",
+            action=argparse.BooleanOptionalAction,
+            default=d["smart_turn"].default,
+            help="use Pipecat's bundled smart-turn model too (default: %(default)s)",
+        )
+        g.add_argument(
+            "--voice",
+            default=d["voice"].default,
+            help="TTS voice name or index (default: engine default)",
+        )
         g.add_argument("--greeting", default="", help="text spoken when a client connects")
-        g.add_argument("--idle-timeout-secs", type=float,
-                       default=d["idle_timeout_secs"].default,
-                       help="close idle sessions after this long (default: %(default)s)")
+        g.add_argument(
+            "--idle-timeout-secs",
+            type=float,
+            default=d["idle_timeout_secs"].default,
+            help="close idle sessions after this long (default: %(default)s)",
+        )
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> BotConfig:

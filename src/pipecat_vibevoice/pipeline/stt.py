@@ -238,9 +238,7 @@ class StreamingWhisperSTT(FrameProcessor):
         finished = text_sounds_finished(text)
         probability = None
         if finished and self._turn_session is not None:
-            probability = await asyncio.to_thread(
-                smart_turn_probability, self._turn_session, audio
-            )
+            probability = await asyncio.to_thread(smart_turn_probability, self._turn_session, audio)
             finished = probability >= 0.5
         ready_ms = (time.monotonic() - started) * 1000
         if not finished:
@@ -253,7 +251,9 @@ class StreamingWhisperSTT(FrameProcessor):
                 await asyncio.sleep(wait)
             # Speech may be starting again (raw onset, not yet confirmed by VAD): give
             # VAD the chance to confirm it — which cancels this task — before ending.
-            while self._onset_at is not None and time.monotonic() - self._onset_at < self._onset_hold:
+            while (
+                self._onset_at is not None and time.monotonic() - self._onset_at < self._onset_hold
+            ):
                 await asyncio.sleep(0.02)
         self._finalize_task = None
         self._end_turn()

@@ -58,8 +58,9 @@ class SharedSileroVADAnalyzer(SileroVADAnalyzer):
     score of every window analysed since the caller last drained it.
     """
 
-    def __init__(self, session: Any, *, sample_rate: int | None = None,
-                 params: VADParams | None = None) -> None:
+    def __init__(
+        self, session: Any, *, sample_rate: int | None = None, params: VADParams | None = None
+    ) -> None:
         # Skip SileroVADAnalyzer.__init__: it would load a private copy of the model.
         VADAnalyzer.__init__(self, sample_rate=sample_rate, params=params)
         model = SileroOnnxModel.__new__(SileroOnnxModel)

@@ -68,8 +68,10 @@ class PlaybackModel:
         self._settle(now)
         samples = np.frombuffer(pcm, dtype="<i2")
         blocks = [
-            _Block(rms(samples[i : i + self.block]) >= AUDIBLE_RMS,
-                   len(samples[i : i + self.block]) / self.rate)
+            _Block(
+                rms(samples[i : i + self.block]) >= AUDIBLE_RMS,
+                len(samples[i : i + self.block]) / self.rate,
+            )
             for i in range(0, len(samples), self.block)
         ]
         if any(b.audible for b in blocks):
@@ -386,6 +388,7 @@ class VoiceClient:
 
     async def wait_bot_quiet(self, quiet_secs: float = 1.0, timeout: float = 30.0) -> float:
         """Wait until nothing is queued or heard for ``quiet_secs``; returns when."""
+
         def quiet() -> float | None:
             now = time.monotonic()
             if self.player.queued_seconds(now) > 0:

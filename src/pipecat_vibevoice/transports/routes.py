@@ -42,7 +42,8 @@ def bot_router() -> APIRouter:
             "status": "ok",
             "pipeline": settings.pipeline,
             "sessions": state.sessions.summary(),
-            "llm": "offline responder" if settings.bot.uses_offline_responder
+            "llm": "offline responder"
+            if settings.bot.uses_offline_responder
             else {"url": settings.bot.llm_url, "model": settings.bot.llm_model},
         }
         if state.models is not None:

@@ -133,6 +133,5 @@ async def run_session(
         finally:
             registry.live.pop(session_id, None)
             logger.info(
-                f"session ended after {time.monotonic() - started:.1f}s "
-                f"({len(registry.live)} live)"
+                f"session ended after {time.monotonic() - started:.1f}s ({len(registry.live)} live)"
             )

@@ -61,13 +61,21 @@ def build_parser() -> argparse.ArgumentParser:
     server = parser.add_argument_group("server")
     server.add_argument("--host", default="127.0.0.1", help="interface to bind")
     server.add_argument("--port", type=int, default=7860, help="TCP port")
-    server.add_argument("--pipeline", choices=("vibevoice", "stock"), default="vibevoice",
-                        help="'stock' serves Pipecat's own Whisper/Piper services instead "
-                        "(benchmark peer)")
-    server.add_argument("--max-sessions", type=int, default=0,
-                        help="refuse connections beyond this many (0 = no limit)")
-    server.add_argument("--log-level", default="INFO",
-                        choices=("TRACE", "DEBUG", "INFO", "WARNING", "ERROR"))
+    server.add_argument(
+        "--pipeline",
+        choices=("vibevoice", "stock"),
+        default="vibevoice",
+        help="'stock' serves Pipecat's own Whisper/Piper services instead (benchmark peer)",
+    )
+    server.add_argument(
+        "--max-sessions",
+        type=int,
+        default=0,
+        help="refuse connections beyond this many (0 = no limit)",
+    )
+    server.add_argument(
+        "--log-level", default="INFO", choices=("TRACE", "DEBUG", "INFO", "WARNING", "ERROR")
+    )
     BotConfig.add_cli_arguments(parser)
     TTSConfig.add_cli_arguments(parser)
     return parser
