@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 from audio_analysis import as_float, median_f0
-from pipecat.frames.frames import ErrorFrame, TTSSpeakFrame, TTSUpdateSettingsFrame
+from pipecat.frames.frames import (
+    ErrorFrame,
+    TTSAudioRawFrame,
+    TTSSpeakFrame,
+    TTSUpdateSettingsFrame,
+)
 from pipecat.tests.utils import run_test
 from pipecat.utils.errors import ErrorCategory
-from services.service_helpers import PieceCounter, audio_by_context, audio_bytes_by_context
+from services.service_helpers import (
+    PieceCounter,
+    Timeline,
+    audio_by_context,
+    audio_bytes_by_context,
+)
 
 from pipecat_vibevoice.engine import TTSEngine
 from pipecat_vibevoice.services import VibeVoiceTTSService
@@ -118,12 +128,18 @@ async def test_engine_failure_becomes_error_frame_and_service_recovers(
     piper_engine: TTSEngine,
 ) -> None:
     tts = VibeVoiceTTSService(piper_engine, warmup=False)
+    timeline = Timeline(tts)
     with PieceCounter(piper_engine, fail_first=1):
         down, up = await run_test(
             tts,
             frames_to_send=[TTSSpeakFrame("This one fails."), TTSSpeakFrame("This one works.")],
+            observers=[timeline],
             start_timeout=10,
         )
+    # The failed context is closed at once: it does not hold the next utterance
+    # for Pipecat's 3 s no-audio timeout.
+    delay = timeline.first_pushed(TTSAudioRawFrame) - timeline.first_processed(TTSSpeakFrame)
+    assert delay < 2.0, f"next utterance delayed {delay:.2f}s by the failed one"
     failures = [e for e in errors(up) if "injected backend fault" in e.error]
     assert len(failures) == 1
     assert failures[0].category is ErrorCategory.SERVER
@@ -151,5 +167,28 @@ async def test_text_the_engine_refuses_becomes_error_frame(piper_engine: TTSEngi
         assert len(refused) == 1 and refused[0].category is ErrorCategory.APPLICATION
         assert len(audio_bytes_by_context(down)) == 1
         assert tts.is_usable
+    finally:
+        await engine.cleanup()
+
+
+async def test_refused_requests_never_write_the_service_off(piper_engine: TTSEngine) -> None:
+    # Pipecat marks a TTS unusable after 3 silent contexts in a row; refused input
+    # is the caller's fault and must not count.
+    from pipecat_vibevoice.engine import TTSConfig
+
+    engine = TTSEngine(TTSConfig(engine="piper", max_text_chars=20))
+    try:
+        tts = VibeVoiceTTSService(engine, warmup=False)
+        too_long = "This sentence is far longer than twenty characters."
+        down, up = await run_test(
+            tts,
+            frames_to_send=[TTSSpeakFrame(too_long) for _ in range(4)]
+            + [TTSSpeakFrame("Short one.")],
+            start_timeout=30,
+        )
+        assert len([e for e in errors(up) if "limit of 20" in e.error]) == 4
+        assert not [e for e in errors(up) if "no audio" in e.error]
+        assert tts.is_usable
+        assert len(audio_bytes_by_context(down)) == 1
     finally:
         await engine.cleanup()

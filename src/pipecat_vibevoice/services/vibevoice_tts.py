@@ -207,6 +207,8 @@ class VibeVoiceTTSService(TTSService):
         self._token_streams: dict[str, TextStream] = {}
         self._token_tasks: dict[str, asyncio.Task] = {}
         self._stream_text_ok: bool | None = None
+        # Contexts whose text the engine refused (bad input, already reported).
+        self._refused_contexts: set[str] = set()
 
     # -- properties ---------------------------------------------------------------------
 
@@ -412,18 +414,49 @@ class VibeVoiceTTSService(TTSService):
         except ValueError as exc:
             # Bad voice, text or controls: the request's fault, not the engine's.
             logger.warning(f"{self}: request refused: {exc}")
+            self._refused_contexts.add(context_id)
             yield ErrorFrame(
                 error=f"TTS request refused: {exc}",
                 exception=exc,
                 category=ErrorCategory.APPLICATION,
             )
         except Exception as exc:
-            logger.exception(f"{self}: engine failed")
+            logger.error(f"{self}: engine failed: {exc!r}")
             yield ErrorFrame(
                 error=f"TTS engine failed: {exc!r}",
                 exception=exc,
                 category=ErrorCategory.SERVER,
             )
+
+    async def tts_process_generator(
+        self, context_id: str, generator: AsyncGenerator[Frame | None, None]
+    ) -> None:
+        """Route ``run_tts`` output; in sentence mode the context is always complete after it.
+
+        The base decides from "did this call yield audio" whether ``run_tts`` works
+        inline (then it closes the context at the end of the turn) or hands off to a
+        receive loop (then it waits for the service to close it). Our sentence path is
+        always inline, also when a sentence failed and yielded only an ErrorFrame;
+        without this the failed context would hold the next utterance for
+        ``stop_frame_timeout_s`` (3 s).
+        """
+        await super().tts_process_generator(context_id, generator)
+        if not self._is_streaming_tokens:
+            self._is_yielding_frames_synchronously = True
+
+    async def _record_context_audio_outcome(self, context_id: str, received_audio: bool) -> None:
+        """Do not count a context whose text the engine refused as a silent service.
+
+        Pipecat writes a TTS off after 3 silent contexts in a row, to catch providers
+        that fail without saying so. A refused request was already reported with its
+        cause and says nothing about the engine's health, so it must not count
+        (engine failures still do).
+        """
+        if context_id in self._refused_contexts:
+            self._refused_contexts.discard(context_id)
+            if not received_audio:
+                return
+        await super()._record_context_audio_outcome(context_id, received_audio)
 
     async def _audio_frame(self, chunk: bytes, engine: TTSEngine, context_id: str) -> Frame:
         if self.sample_rate != engine.config.sample_rate:
