@@ -16,6 +16,7 @@ import json
 import os
 import threading
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,9 +73,14 @@ class ResponseCache:
     """LRU of :class:`CachedAudio` bounded by total PCM bytes, optionally persisted."""
 
     def __init__(
-        self, max_bytes: int, max_text_chars: int, directory: str | Path | None = None
+        self,
+        max_bytes: int,
+        max_text_chars: int,
+        directory: str | Path | None = None,
+        disk_max_bytes: int = 512 * 1024 * 1024,
     ) -> None:
         self.max_bytes = max_bytes
+        self.disk_max_bytes = disk_max_bytes
         self.max_text_chars = max_text_chars
         self.directory = Path(directory) if directory else None
         self._items: OrderedDict[str, CachedAudio] = OrderedDict()
@@ -83,12 +89,14 @@ class ResponseCache:
         self.hits = 0
         self.misses = 0
         self._disk_failed = False
+        self._writer: ThreadPoolExecutor | None = None
         if self.directory is not None:
             try:
                 self.directory.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 logger.error(f"response cache: cannot create {self.directory}: {exc}; memory only")
                 self.directory = None
+        self._disk_bytes = self._scan()[1] if self.directory is not None else 0
 
     @property
     def enabled(self) -> bool:
@@ -105,7 +113,7 @@ class ResponseCache:
             entry = self._items.get(key)
             if entry is not None:
                 self._items.move_to_end(key)
-        if entry is None and self.directory is not None:
+        if entry is None and self.directory is not None and self.enabled:
             entry = self._read(key)
             if entry is not None:
                 self._insert(key, entry)
@@ -120,13 +128,34 @@ class ResponseCache:
         with self._lock:
             return key in self._items
 
-    def put(self, key: str, entry: CachedAudio) -> None:
-        """Add a complete utterance (persisting it too, which may block)."""
+    def put(self, key: str, entry: CachedAudio) -> bool:
+        """Add a complete utterance to memory (never blocks); False if it does not fit."""
         if not self.enabled or not entry.chunks or entry.nbytes > self.max_bytes:
-            return
+            return False
         self._insert(key, entry)
-        if self.directory is not None:
-            self._write(key, entry)
+        return True
+
+    def persist(self, key: str, entry: CachedAudio) -> None:
+        """Write an entry to the cache directory in the background (returns at once).
+
+        One writer thread, so files are written in order and never compete with the
+        audio path for more than one core; the write outlives a closing connection.
+        """
+        if self.directory is None or not self.enabled:
+            return
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="tts-cache")
+        self._writer.submit(self._persist_blocking, key, entry)
+
+    def _persist_blocking(self, key: str, entry: CachedAudio) -> None:
+        self._write(key, entry)
+        self._prune()
+
+    def close(self) -> None:
+        """Finish pending writes."""
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+            self._writer = None
 
     def _insert(self, key: str, entry: CachedAudio) -> None:
         with self._lock:
@@ -173,16 +202,45 @@ class ResponseCache:
                 for chunk in entry.chunks:
                     fh.write(chunk.pcm)
             os.replace(tmp, path)  # readers see the whole entry or none
+            with self._lock:
+                self._disk_bytes += path.stat().st_size
         except OSError as exc:
             if not self._disk_failed:
                 logger.error(f"response cache: cannot persist to {self.directory}: {exc}")
                 self._disk_failed = True
             tmp.unlink(missing_ok=True)
 
+    def _scan(self) -> tuple[list[tuple[float, int, Path]], int]:
+        """Entries on disk as (mtime, size, path), and their total size."""
+        files = []
+        assert self.directory is not None
+        for path in self.directory.glob("*.pvvc"):
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            files.append((st.st_mtime, st.st_size, path))
+        return files, sum(f[1] for f in files)
+
+    def _prune(self) -> None:
+        """Delete least recently used files while the directory exceeds its bound."""
+        with self._lock:
+            if self._disk_bytes <= self.disk_max_bytes:
+                return
+        files, total = self._scan()
+        files.sort()
+        while files and total > self.disk_max_bytes:
+            _, size, path = files.pop(0)
+            path.unlink(missing_ok=True)
+            total -= size
+        with self._lock:
+            self._disk_bytes = total
+
     def _read(self, key: str) -> CachedAudio | None:
         path = self._path(key)
         try:
             data = path.read_bytes()
+            os.utime(path)  # recently used: pruned last
         except FileNotFoundError:
             return None
         except OSError as exc:

@@ -34,7 +34,10 @@ class TTSService:
         self._engine = engine
         self._engine_lock = asyncio.Lock()
         self.cache = ResponseCache(
-            settings.cache_max_bytes, settings.cache_max_text_chars, settings.cache_dir or None
+            settings.cache_max_bytes,
+            settings.cache_max_text_chars,
+            settings.cache_dir or None,
+            settings.cache_disk_max_bytes,
         )
         self.metrics = ServingMetrics(cache_ratio=self._hit_ratio)
         self.store: SynthesisStore = NullStore()
@@ -64,6 +67,7 @@ class TTSService:
     async def close(self) -> None:
         """Flush and close the store."""
         if self.started:
+            await asyncio.to_thread(self.cache.close)
             await self.store.close()
             self.started = False
 

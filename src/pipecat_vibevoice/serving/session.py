@@ -429,13 +429,13 @@ class TTSSession:
             finally:
                 svc.syntheses.release()
                 metrics.active_syntheses.dec()
+            entry = CachedAudio(tuple(collected)) if key is not None and collected else None
+            if entry is not None:
+                # Complete: cached before ``done``, so the client's next request hits.
+                svc.cache.put(key, entry)
             await self._done(item, stats, cached=False)
-            if key is not None and collected:
-                entry = CachedAudio(tuple(collected))
-                if svc.cache.directory is None:
-                    svc.cache.put(key, entry)
-                else:
-                    await asyncio.to_thread(svc.cache.put, key, entry)
+            if entry is not None:
+                svc.cache.persist(key, entry)
         except Busy:
             outcome, error = "busy", "no synthesis slot free"
             await self.send_error("busy", "the server is at capacity; retry shortly", item.id)
@@ -443,7 +443,7 @@ class TTSSession:
             outcome, error = "error", str(exc)
             await self.send_error(_error_reason(exc), str(exc), item.id)
         except asyncio.CancelledError:
-            outcome = "cancelled"
+            outcome = "disconnected" if self.gone else "cancelled"
             raise
         except ClientGone as exc:
             outcome, error = "disconnected", exc.reason

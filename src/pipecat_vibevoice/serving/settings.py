@@ -45,6 +45,7 @@ class ServingSettings:
         cache_max_bytes: Memory bound of the response cache (0 disables it).
         cache_max_text_chars: Only texts up to this length are cached (frequent phrases).
         cache_dir: Directory where cache entries are also persisted (empty = memory only).
+        cache_disk_max_bytes: Bound of that directory (least recently used files go first).
         store_url: Where synthesis rows go: a SQLite file path, ``sqlite:///path``, or
             ``none``.
         store_queue: Rows waiting for the background writer before new ones are dropped.
@@ -66,6 +67,7 @@ class ServingSettings:
     cache_max_bytes: int = 64 * 1024 * 1024
     cache_max_text_chars: int = 500
     cache_dir: str = ""
+    cache_disk_max_bytes: int = 512 * 1024 * 1024
     store_url: str = "pipecat_vibevoice_tts.sqlite3"
     store_queue: int = 10000
 
@@ -78,6 +80,7 @@ class ServingSettings:
             "max_connections",
             "max_queue",
             "cache_max_bytes",
+            "cache_disk_max_bytes",
             "cache_max_text_chars",
             "rate_limit_burst",
         ):
@@ -172,6 +175,7 @@ _HELP = {
     "cache_max_bytes": "response cache memory bound (0 = off)",
     "cache_max_text_chars": "longest text that is cached",
     "cache_dir": "persist cache entries in this directory",
+    "cache_disk_max_bytes": "bound of the cache directory",
     "store_url": "synthesis log: SQLite path, sqlite:///path or 'none'",
     "store_queue": "rows buffered for the store writer",
 }
