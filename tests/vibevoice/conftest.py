@@ -137,3 +137,17 @@ def no_eos(monkeypatch: pytest.MonkeyPatch) -> None:
         return torch.full((hidden.shape[0],), -4.0, device=hidden.device)
 
     monkeypatch.setattr(VibeVoiceRealtimeModel, "eos_logit", never)
+
+
+@pytest.fixture(scope="package", autouse=True)
+def one_torch_thread():
+    """Run this package's tests on one torch thread, then restore the setting.
+
+    The tiny model's ops are microseconds long; on a shared 2-core machine, torch's
+    intra-op threads spin against other processes and a run gets ~25x slower
+    (measured: 222 vs 8 latents/s). Results stay within the fixture tolerances.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
