@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
@@ -143,6 +143,7 @@ class VibeVoiceTTSService(TTSService):
         text_aggregation_mode: TextAggregationMode | None = None,
         sample_rate: int | None = None,
         warmup: bool = True,
+        engine_options: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         """Create the service.
@@ -160,6 +161,9 @@ class VibeVoiceTTSService(TTSService):
                 sentence ends with VibeVoice).
             sample_rate: Output rate; defaults to the engine's ``config.sample_rate``.
             warmup: Speak a short text at start (once per engine and voice).
+            engine_options: Extra backend options sent with every request (VibeVoice:
+                ``seed`` for reproducible speech, ``solver``); unknown keys are ignored
+                by backends that do not read them.
             **kwargs: Passed to :class:`TTSService`.
 
         """
@@ -203,6 +207,7 @@ class VibeVoiceTTSService(TTSService):
             **kwargs,
         )
         self._warmup_enabled = warmup
+        self._extra_options: dict[str, Any] = dict(engine_options or {})
         # Token mode: the open text stream of each audio context, and its speaker task.
         self._token_streams: dict[str, TextStream] = {}
         self._token_tasks: dict[str, asyncio.Task] = {}
@@ -360,9 +365,10 @@ class VibeVoiceTTSService(TTSService):
 
     def _engine_options(self, engine: TTSEngine) -> dict[str, Any]:
         """Backend options from the settings, for the backends that read them."""
-        if engine.backend.name != "vibevoice":
-            return {}
-        return {name: getattr(self._settings, name) for name in VIBEVOICE_OPTIONS}
+        options = dict(self._extra_options)
+        if engine.backend.name == "vibevoice":
+            options.update({name: getattr(self._settings, name) for name in VIBEVOICE_OPTIONS})
+        return options
 
     def _request_kwargs(self, engine: TTSEngine) -> dict[str, Any]:
         """Everything but the text for one engine request, frozen at request time."""
