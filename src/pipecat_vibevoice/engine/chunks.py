@@ -61,7 +61,7 @@ class SpanTimeline:
         Empty spans (speech after the text) count only when nothing else is there.
         """
         hits = [m[2] for m in self._marks if m[0] < end and m[1] > start and m[2] is not None]
-        while self._marks and self._marks[0][1] <= start:
+        while len(self._marks) > 1 and self._marks[0][1] <= start:  # keep the last one
             self._marks.pop(0)
         if not hits and self._marks and end > self._marks[-1][1]:
             # Audio past every mark (resampler/stretch tail): the last known span.
@@ -106,8 +106,8 @@ def map_span(
     if span is None or not mapping:
         return None
     s, e = span
-    if s >= len(mapping):
-        start = end_of_text
+    if s >= len(mapping):  # an empty span at the end of the segment
+        start = min(mapping[-1] + 1, end_of_text)
     else:
         start = mapping[max(0, s)]
     stop = mapping[min(e, len(mapping)) - 1] + 1 if e > 0 else start
