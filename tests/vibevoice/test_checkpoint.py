@@ -79,6 +79,12 @@ def test_fixture_loads_every_tensor_bit_exactly(tiny_model, fixture_dir: Path) -
     assert not tiny_model.language_model.rotary_emb.inv_freq.is_meta
 
 
+def test_from_pretrained_on_a_directory(fixture_dir: Path) -> None:
+    model = VibeVoiceRealtimeModel.from_pretrained(str(fixture_dir))
+    assert model.config.num_lower_layers == 1 and model.dtype == torch.float32
+    assert float(model.speech_scaling_factor) == pytest.approx(1.7)
+
+
 def test_missing_tensor_is_refused(tmp_path: Path, fixture_dir: Path) -> None:
     from safetensors.torch import load_file, save_file
 

@@ -66,6 +66,25 @@ class VibeVoiceRealtimeModel(nn.Module):
         self.register_buffer("speech_scaling_factor", torch.tensor(1.0))
         self.register_buffer("speech_bias_factor", torch.tensor(0.0))
 
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_hub_id: str,
+        device: str = "cpu",
+        dtype: torch.dtype | None = None,
+        allow_download: bool = False,
+        cache_dir: str | None = None,
+    ) -> VibeVoiceRealtimeModel:
+        """Load an official checkpoint from a directory or a hub id.
+
+        A hub id resolves from the local Hugging Face cache unless ``allow_download``;
+        see :func:`.checkpoint.resolve_model_dir` and :func:`.checkpoint.load_model`.
+        """
+        from .checkpoint import load_model, resolve_model_dir
+
+        model_dir = resolve_model_dir(path_or_hub_id, allow_download, cache_dir)
+        return load_model(model_dir, device, dtype)
+
     # -- properties ------------------------------------------------------------------------
 
     @property
