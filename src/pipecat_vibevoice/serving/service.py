@@ -16,6 +16,7 @@ from ..engine import TTSConfig, TTSEngine, get_tts_engine
 from .cache import ResponseCache
 from .limits import SlotPool
 from .metrics import ServingMetrics
+from .scheduler import DeadlineGate
 from .settings import ServingSettings
 from .store import NullStore, SynthesisStore, open_store
 
@@ -44,6 +45,7 @@ class TTSService:
         self.syntheses = SlotPool(settings.max_active_syntheses)
         self.connections = SlotPool(settings.max_connections)
         self.started = False
+        self._gate: DeadlineGate | None = None
 
     def _hit_ratio(self) -> float:
         total = self.cache.hits + self.cache.misses
@@ -87,6 +89,13 @@ class TTSService:
                         config = getattr(getattr(app_state, "settings", None), "tts", None)
                     self._engine = await get_tts_engine(config)
         return self._engine
+
+    def gate(self, engine: TTSEngine) -> DeadlineGate:
+        """The deadline gate in front of ``engine``'s worker pool (as wide as the pool)."""
+        if self._gate is None:
+            width = self.settings.engine_slots or getattr(engine._executor, "_max_workers", 2)
+            self._gate = DeadlineGate(width)
+        return self._gate
 
     def identity(self, engine: TTSEngine) -> dict[str, Any]:
         """What, beyond the request, decides the audio (part of every cache key)."""

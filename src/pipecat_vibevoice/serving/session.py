@@ -40,6 +40,7 @@ from .protocol import (
     new_id,
     parse_message,
 )
+from .scheduler import FIRST_CHUNK_SLACK_S
 from .service import TTSService
 from .store import SynthesisRecord
 
@@ -469,12 +470,32 @@ class TTSSession:
             sample_rate=self.engine.config.sample_rate,
         )
         chunks = _engine_chunks(self.engine, text, voice, item.speed, item.pitch, item.options)
+        gate = self.service.gate(self.engine)
         async with contextlib.aclosing(chunks):
-            async for pcm, start_s, end_s, spoken in chunks:
+            while True:
+                # Streamed text may make the engine wait for the client: never hold a
+                # slot then. Complete text goes through the deadline gate.
+                gated = not item.open
+                if gated:
+                    await gate.acquire(self._deadline(stats))
+                try:
+                    pcm, start_s, end_s, spoken = await anext(chunks)
+                except StopAsyncIteration:
+                    break
+                finally:
+                    if gated:
+                        gate.release()
                 await self._emit(item, stats, pcm, start_s, end_s, spoken)
                 if keep:
                     collected.append(CachedChunk(pcm, start_s, end_s, spoken))
         return collected
+
+    @staticmethod
+    def _deadline(stats: ItemStats) -> float:
+        """When this item's client runs out of audio (see :mod:`.scheduler`)."""
+        if stats.first_sent is None:
+            return stats.started + FIRST_CHUNK_SLACK_S
+        return stats.first_sent + stats.audio_s
 
     async def _stream_cached(
         self, item: Item, voice: str, hit: CachedAudio, stats: ItemStats

@@ -29,6 +29,8 @@ class ServingSettings:
             server from slowing everyone down.
         admission_wait_s: How long an utterance may wait for a synthesis slot before
             ``busy`` (0 = answer at once).
+        engine_slots: Engine pulls in flight at once, ordered by deadline (0 = the
+            engine's worker pool width); see :mod:`.scheduler`.
         max_queue: Items waiting on one connection (current one excluded).
         max_message_bytes: Largest client frame accepted.
         max_message_chars: Longest ``text`` in one ``speak``/``append``.
@@ -55,6 +57,7 @@ class ServingSettings:
     max_connections: int = 64
     max_active_syntheses: int = 8
     admission_wait_s: float = 0.0
+    engine_slots: int = 0
     max_queue: int = 32
     max_message_bytes: int = 65536
     max_message_chars: int = 5000
@@ -79,6 +82,7 @@ class ServingSettings:
         for name in (
             "max_connections",
             "max_queue",
+            "engine_slots",
             "cache_max_bytes",
             "cache_disk_max_bytes",
             "cache_max_text_chars",
@@ -163,6 +167,7 @@ _HELP = {
     "max_connections": "open TTS sockets before 'busy' (0 = no limit)",
     "max_active_syntheses": "utterances synthesising at once before 'busy'",
     "admission_wait_s": "seconds an utterance may wait for a synthesis slot",
+    "engine_slots": "engine pulls in flight, earliest deadline first (0 = pool width)",
     "max_queue": "queued utterances per connection",
     "max_message_bytes": "largest client frame",
     "max_message_chars": "longest text in one message",

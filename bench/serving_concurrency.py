@@ -1,0 +1,235 @@
+"""Many clients on one TTS server: first-chunk latency and underruns (issue 5).
+
+Starts the real TTS server (``python -m pipecat_vibevoice.serving``, CPU voice,
+response cache off so every sentence is synthesised, store off) in its own process
+on a free loopback port, then for N concurrent clients (1, 4, 8, 16 by default) each
+client opens ``WS /v1/tts/stream`` and speaks 10 different sentences one after the
+other, like a bot answering turn by turn: the next ``speak`` goes out when the
+previous sentence has finished playing (``--no-pace``: as soon as its ``done``
+arrives, i.e. every client synthesises flat out). Clients run in this process on one event loop; they only
+receive frames, which costs little next to synthesis.
+
+Per utterance, measured at the client:
+
+* first-chunk latency: ``speak`` sent -> first audio frame received;
+* underruns: playback starts when the first frame arrives; a frame that arrives after
+  the audio already received would have finished playing is one underrun;
+* busy: items the server refused with ``busy`` (its ``max_active_syntheses``).
+
+Per level, at the server: ``cpu/aud`` is the server's CPU seconds per second of audio
+delivered (the cost, hardly disturbed by other load) and ``cpu/wall`` the cores it got
+on average: on a shared machine, a ``cpu/wall`` well under the core count means other
+processes took the rest, and latencies grow accordingly.
+
+Goal (issue 5): 8 concurrent clients on 2 cores, no underrun, first chunk <= 300 ms
+p95. Reported, never asserted. ``--url`` measures an already running server instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+SENTENCES = [
+    "Thanks for calling, how can I help you today?",
+    "Your order shipped this morning and should arrive on Thursday.",
+    "I can move the appointment to three o'clock if that works for you.",
+    "The weather tomorrow looks sunny with a light breeze from the west.",
+    "Please hold on for a moment while I check that for you.",
+    "Your balance is forty two dollars and seventeen cents.",
+    "I have sent a confirmation email to the address on file.",
+    "Is there anything else I can help you with this afternoon?",
+    "The store opens at nine and closes at six on weekdays.",
+    "Great, everything is set, have a wonderful day.",
+]
+
+
+@dataclass
+class Stats:
+    """Per-utterance numbers of one run."""
+
+    first_chunk_ms: list[float] = field(default_factory=list)
+    underruns: int = 0
+    underrun_utterances: int = 0
+    utterances: int = 0
+    busy: int = 0
+    errors: int = 0
+    audio_s: float = 0.0
+    max_late_ms: float = 0.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def one_client(
+    url: str, n: int, sentences: int, stats: Stats, rate_hint: int, pace: bool
+) -> None:
+    from websockets.asyncio.client import connect
+
+    async with connect(url, max_size=None) as ws:
+        ready = json.loads(await ws.recv())
+        rate = int(ready.get("sample_rate", rate_hint))
+        for k in range(sentences):
+            text = SENTENCES[(k + n) % len(SENTENCES)]
+            sent = time.perf_counter()
+            await ws.send(json.dumps({"type": "speak", "id": f"{n}-{k}", "text": text}))
+            first: float | None = None
+            received_s = 0.0
+            underruns = 0
+            while True:
+                frame = await ws.recv()
+                now = time.perf_counter()
+                if isinstance(frame, bytes):
+                    if first is None:
+                        first = now
+                        stats.first_chunk_ms.append((now - sent) * 1000)
+                    else:
+                        late = (now - first) - received_s
+                        if late > 0:
+                            underruns += 1
+                            stats.max_late_ms = max(stats.max_late_ms, late * 1000)
+                    received_s += len(frame) / 2 / rate
+                    continue
+                message = json.loads(frame)
+                if message["type"] == "done":
+                    break
+                if message["type"] == "error":
+                    if message.get("reason") == "busy":
+                        stats.busy += 1
+                    else:
+                        stats.errors += 1
+                    break
+            if pace and first is not None:
+                # A playing client asks for the next sentence when this one ends.
+                await asyncio.sleep(max(0.0, first + received_s - time.perf_counter()))
+            if first is not None:
+                stats.utterances += 1
+                stats.audio_s += received_s
+                stats.underruns += underruns
+                stats.underrun_utterances += underruns > 0
+
+
+async def run_level(url: str, clients: int, sentences: int, pace: bool) -> tuple[Stats, float]:
+    stats = Stats()
+    started = time.perf_counter()
+    await asyncio.gather(
+        *(one_client(url, n, sentences, stats, 24000, pace) for n in range(clients))
+    )
+    return stats, time.perf_counter() - started
+
+
+def server_cpu(proc: subprocess.Popen | None) -> float:
+    """CPU seconds (user + system) the server process has used so far (nan if remote)."""
+    if proc is None:
+        return float("nan")
+    import psutil
+
+    times = psutil.Process(proc.pid).cpu_times()
+    return times.user + times.system
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def start_server(port: int, max_active: int, threads: int) -> subprocess.Popen:
+    env = dict(os.environ)
+    cmd = [
+        sys.executable, "-m", "pipecat_vibevoice.serving", "--port", str(port),
+        "--engine", "piper", "--tts-cache-max-bytes", "0", "--tts-store-url", "none",
+        "--tts-max-active-syntheses", str(max_active), "--tts-rate-limit-per-s", "0",
+        "--num-threads", str(threads), "--log-level", "WARNING",
+    ]  # fmt: skip
+    return subprocess.Popen(cmd, env=env)
+
+
+async def wait_ready(url: str, timeout: float = 120.0) -> None:
+    from websockets.asyncio.client import connect
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            async with connect(url) as ws:
+                await ws.recv()
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    proc = None
+    url = args.url
+    if url is None:
+        port = free_port()
+        proc = start_server(port, args.max_active, args.num_threads)
+        url = f"ws://127.0.0.1:{port}/v1/tts/stream"
+    try:
+        await wait_ready(url)
+        # Warm-up: one utterance so the first level does not pay for lazy work.
+        await run_level(url, 1, 2, False)
+        print(
+            f"server: CPU voice (piper), cache off, max_active_syntheses={args.max_active}, "
+            f"cores={os.cpu_count()}, load avg before={os.getloadavg()[0]:.2f}, "
+            f"clients {'paced by playback' if args.pace else 'flat out (next speak on done)'}"
+        )
+        header = (
+            f"{'clients':>7} {'utts':>5} {'ttfc p50':>9} {'ttfc p95':>9} {'ttfc max':>9} "
+            f"{'underruns':>9} {'utts w/ ur':>10} {'max late':>9} {'busy':>5} {'err':>4} "
+            f"{'audio/wall':>10} {'cpu/aud':>7} {'cpu/wall':>8}"
+        )
+        print(header)
+        print("-" * len(header))
+        for clients in args.clients:
+            cpu0 = server_cpu(proc)
+            stats, wall = await run_level(url, clients, args.sentences, args.pace)
+            cpu = server_cpu(proc) - cpu0
+            f = stats.first_chunk_ms
+            print(
+                f"{clients:>7} {stats.utterances:>5} {pct(f, 50):>7.0f}ms {pct(f, 95):>7.0f}ms "
+                f"{max(f) if f else float('nan'):>7.0f}ms {stats.underruns:>9} "
+                f"{stats.underrun_utterances:>10} {stats.max_late_ms:>7.0f}ms {stats.busy:>5} "
+                f"{stats.errors:>4} {stats.audio_s / wall:>9.1f}x "
+                f"{cpu / max(stats.audio_s, 1e-9):>7.3f} {cpu / wall:>8.2f}",
+                flush=True,
+            )
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8, 16])
+    parser.add_argument("--sentences", type=int, default=10, help="sentences per client")
+    parser.add_argument("--max-active", type=int, default=16, help="server's synthesis slots")
+    parser.add_argument("--num-threads", type=int, default=1, help="onnxruntime threads per call")
+    parser.add_argument(
+        "--pace",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="send the next sentence when the previous one has finished playing "
+        "(--no-pace: as soon as 'done' arrives)",
+    )
+    parser.add_argument("--url", default=None, help="measure this server instead of starting one")
+    asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
