@@ -9,7 +9,6 @@ the fixtures is copied into the repository.
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -115,10 +114,6 @@ def tiny_preset(fixture_dir: Path):
 def load_npy(run: str, name: str) -> np.ndarray:
     """An array of one of the two recorded generations."""
     return np.load(FIXTURE / f"generate_{run}" / f"{name}.npy")
-
-
-class CountingStop(threading.Event):
-    """A stop event; nothing special, named for readability in tests."""
 
 
 @pytest.fixture
