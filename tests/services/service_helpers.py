@@ -120,3 +120,35 @@ def audio_by_context(frames: Sequence[Frame]) -> dict[str, bytes]:
     for f in audio_frames(frames):
         parts.setdefault(f.context_id, []).append(f.audio)
     return {k: b"".join(v) for k, v in parts.items()}
+
+
+class InterruptAfterAudio(BaseObserver):
+    """Interrupts ``service`` once it has pushed ``frames`` audio frames of a turn.
+
+    Tying the interruption to audio actually produced (instead of a fixed delay)
+    guarantees it lands mid-generation however loaded the machine is.
+    """
+
+    def __init__(self, service: object, frames: int = 3) -> None:
+        super().__init__()
+        self.service = service
+        self.frames = frames
+        self.seen = 0
+        self.sent_at: float | None = None
+        self._tasks: set = set()
+
+    async def on_push_frame(self, data: FramePushed) -> None:
+        import asyncio
+
+        from pipecat.frames.frames import InterruptionFrame
+
+        if data.source is not self.service or not isinstance(data.frame, TTSAudioRawFrame):
+            return
+        self.seen += 1
+        if self.seen == self.frames and self.sent_at is None:
+            self.sent_at = time.monotonic()
+            # Queued from a task of its own: the push being observed runs on the very
+            # task the interruption cancels.
+            task = asyncio.create_task(self.service.queue_frame(InterruptionFrame()))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)

@@ -12,7 +12,7 @@ from pipecat.frames.frames import (
 )
 from pipecat.services.tts_service import TextAggregationMode
 from pipecat.tests.utils import SleepFrame, run_test
-from services.service_helpers import PieceCounter, Timeline, audio_frames
+from services.service_helpers import InterruptAfterAudio, PieceCounter, Timeline, audio_frames
 
 from pipecat_vibevoice.engine import TTSEngine
 from pipecat_vibevoice.services import VibeVoiceTTSService
@@ -42,19 +42,21 @@ def check_no_leak(down, interrupted_context: str) -> list[TTSAudioRawFrame]:
 async def test_interrupting_a_speak_frame_stops_the_model(piper_engine: TTSEngine) -> None:
     tts = VibeVoiceTTSService(piper_engine, warmup=False)
     timeline = Timeline(tts)
+    interrupter = InterruptAfterAudio(tts)
     with PieceCounter(piper_engine) as counter:
         down, up = await run_test(
             tts,
             frames_to_send=[
                 TTSSpeakFrame(LONG_TEXT),
-                SleepFrame(sleep=0.5),
-                InterruptionFrame(),
-                SleepFrame(sleep=0.6),  # time for any runaway work to show up
+                # The interruption comes after the 3rd audio frame; the rest of this
+                # time lets any runaway model work show up before the next utterance.
+                SleepFrame(sleep=2.0),
                 TTSSpeakFrame("Sorry, go ahead."),
             ],
-            observers=[timeline],
+            observers=[timeline, interrupter],
             start_timeout=10,
         )
+    assert interrupter.sent_at is not None, "the long text produced no audio to interrupt"
     interrupted_at = timeline.first_processed(InterruptionFrame)
     next_turn_at = timeline.last_processed(TTSSpeakFrame)
     made_before = len(counter.times) - counter.after(interrupted_at)
@@ -75,22 +77,22 @@ async def test_interrupting_a_token_stream_stops_the_model(piper_engine: TTSEngi
     )
     timeline = Timeline(tts)
     tokens = [w + " " for w in LONG_TEXT.split(" ")]
+    interrupter = InterruptAfterAudio(tts)
     with PieceCounter(piper_engine) as counter:
         down, up = await run_test(
             tts,
             frames_to_send=[
                 LLMFullResponseStartFrame(),
                 *[LLMTextFrame(t) for t in tokens],
-                SleepFrame(sleep=0.5),
-                InterruptionFrame(),
-                SleepFrame(sleep=0.6),
+                SleepFrame(sleep=2.0),  # interrupted after its 3rd audio frame
                 LLMFullResponseStartFrame(),
                 *[LLMTextFrame(t) for t in ["Sorry, ", "go ", "ahead."]],
                 LLMFullResponseEndFrame(),
             ],
-            observers=[timeline],
+            observers=[timeline, interrupter],
             start_timeout=10,
         )
+    assert interrupter.sent_at is not None, "the turn produced no audio to interrupt"
     interrupted_at = timeline.first_processed(InterruptionFrame)
     next_turn_at = timeline.last_processed(LLMFullResponseStartFrame)
     made_before = len(counter.times) - counter.after(interrupted_at)

