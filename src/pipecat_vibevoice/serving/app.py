@@ -57,10 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipecat_vibevoice.serving",
         description="TTS server: WS /v1/tts/stream, GET /metrics, GET /health (docs/serving.md).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--host", default="127.0.0.1", help="interface to bind")
-    parser.add_argument("--port", type=int, default=8000, help="TCP port")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (8000)")
     parser.add_argument(
         "--log-level", default="INFO", choices=("TRACE", "DEBUG", "INFO", "WARNING", "ERROR")
     )

@@ -12,10 +12,17 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "PIPECAT_VIBEVOICE_SERVING_"
+
+
+def default_store_path() -> str:
+    """``$XDG_STATE_HOME/pipecat-vibevoice/tts.sqlite3``: never the working directory."""
+    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return str(base / "pipecat-vibevoice" / "tts.sqlite3")
 
 
 @dataclass
@@ -71,7 +78,7 @@ class ServingSettings:
     cache_max_text_chars: int = 500
     cache_dir: str = ""
     cache_disk_max_bytes: int = 512 * 1024 * 1024
-    store_url: str = "pipecat_vibevoice_tts.sqlite3"
+    store_url: str = field(default_factory=lambda: default_store_path())
     store_queue: int = 10000
 
     def __post_init__(self) -> None:
@@ -147,7 +154,8 @@ class ServingSettings:
                 dest=f"serving_{f.name}",
                 default=None,
                 type=_cli_type(str(f.type)),
-                help=_HELP.get(f.name, "") + f" (default {f.default!r})",
+                help=_HELP.get(f.name, "")
+                + f" (default {f.default if f.default is not MISSING else f.default_factory()!r})",
             )
 
     @classmethod
