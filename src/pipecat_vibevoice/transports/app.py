@@ -21,6 +21,7 @@ from fastapi import APIRouter, FastAPI
 from loguru import logger
 
 from ..pipeline.models import SharedModels, load_shared_models
+from ..serving import create_tts_router
 from .routes import bot_router
 from .session import SessionRegistry
 from .settings import ServerSettings
@@ -77,6 +78,12 @@ def create_app(
     app.state.tts_factory = tts_factory
     for factory in ROUTER_FACTORIES:
         app.include_router(factory())
+    # The TTS API for apps that only need speech, on the same engine (docs/serving.md).
+    app.include_router(
+        create_tts_router(
+            settings.serving, tts_config=settings.tts, warm=settings.pipeline == "vibevoice"
+        )
+    )
     for router in extra_routers:
         app.include_router(router)
     return app

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request, WebSocket
 from fastapi.responses import FileResponse, JSONResponse, Response
 
+from ..serving import serving_health
 from .session import run_session
 
 STATIC_FILES = ("index.html", "client.js", "protocol.js", "audio-worklets.js", "style.css")
@@ -46,6 +47,9 @@ def bot_router() -> APIRouter:
             if settings.bot.uses_offline_responder
             else {"url": settings.bot.llm_url, "model": settings.bot.llm_model},
         }
+        serving = serving_health(state)
+        if serving is not None:
+            body["serving"] = serving  # TTS API: its sessions, cache and store
         if state.models is not None:
             models = await state.models.health()
             body["models"] = models

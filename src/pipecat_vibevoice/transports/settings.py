@@ -8,6 +8,7 @@ from typing import Literal
 
 from ..engine import TTSConfig
 from ..pipeline.config import BotConfig
+from ..serving.settings import ServingSettings
 
 PipelineKind = Literal["vibevoice", "stock"]
 
@@ -25,6 +26,7 @@ class ServerSettings:
             Piper services, per-connection models; the benchmark's peer).
         max_sessions: Refuse new connections beyond this many (0 = no limit).
         log_level: loguru level for the server.
+        serving: Settings of the TTS API (``WS /v1/tts/stream``, ``GET /metrics``).
 
     """
 
@@ -35,6 +37,7 @@ class ServerSettings:
     pipeline: PipelineKind = "vibevoice"
     max_sessions: int = 0
     log_level: str = "INFO"
+    serving: ServingSettings = field(default_factory=ServingSettings.from_env)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -78,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     BotConfig.add_cli_arguments(parser)
     TTSConfig.add_cli_arguments(parser)
+    ServingSettings.add_cli_arguments(parser)  # WS /v1/tts/stream (docs/serving.md)
     return parser
 
 
@@ -91,4 +95,5 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         pipeline=args.pipeline,
         max_sessions=args.max_sessions,
         log_level=args.log_level,
+        serving=ServingSettings.from_args(args),
     )
