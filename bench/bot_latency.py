@@ -1,0 +1,103 @@
+"""Voice-to-voice latency and barge-in of our bot vs the stock Pipecat bot.
+
+Both bots run as ``bot.py`` subprocesses (see ``bot_harness``) and are measured in the
+same run, one after the other, by the same client. One session per bot, a chain of
+``--trials`` turns:
+
+1. the user says a phrase (16 kHz Piper speech, sent at real time in 20 ms frames);
+2. voice-to-voice = first audible bot sound *played* by the client's real-time player
+   minus the end of the user's speech (the last audible 20 ms frame sent);
+3. after the bot has talked for a random 0.6-1.4 s, the user says the next phrase over
+   it; barge-in = the last moment bot audio is heard in the player between the user's
+   speech onset (first audible frame sent) and the end of that utterance, minus the
+   onset — so bot audio that starts again while the user still speaks counts too;
+4. that phrase is the next turn (back to 2).
+
+A trial where the bot was not audible in the 150 ms before the onset is not counted
+for barge-in (the bot had nothing left to say). Figures are printed; nothing is
+asserted. The machine's cores are shared: read the load average printed with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import time
+
+from bot_harness import PHRASES, machine, pct, start_bot, summary, synthesize_phrases
+
+from pipecat_vibevoice.transports.client import VoiceClient
+
+
+async def run_chain(url: str, phrases: list, trials: int, seed: int) -> dict:
+    rng = random.Random(seed)
+    v2v: list[float] = []
+    barge: list[float] = []
+    skipped = 0
+    answers = 0
+    async with VoiceClient(url) as client:
+        await asyncio.sleep(1.0)
+        utt = await client.say(phrases[0])
+        for i in range(1, trials + 1):
+            try:
+                heard = await client.wait_bot_audio(utt.end, timeout=20)
+            except TimeoutError:
+                print(f"  turn {i}: no answer within 20 s")
+                break
+            answers += 1
+            v2v.append(heard - utt.end)
+            await asyncio.sleep(max(0.0, heard + rng.uniform(0.6, 1.4) - time.monotonic()))
+            utt, done = client.say_nowait(phrases[i % len(phrases)])
+            await done
+            onset = utt.onset
+            if onset is None or not client.player.last_audible_between(onset - 0.15, onset):
+                skipped += 1
+                continue
+            last = client.player.last_audible_between(onset, utt.end)
+            barge.append(0.0 if last is None else last - onset)
+        # The last utterance's answer.
+        try:
+            heard = await client.wait_bot_audio(utt.end, timeout=20)
+            v2v.append(heard - utt.end)
+        except TimeoutError:
+            pass
+        finals = client.final_transcripts()
+    return {"v2v": v2v, "barge": barge, "skipped": skipped, "finals": finals}
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--only", choices=("vibevoice", "stock"), default=None)
+    args = parser.parse_args()
+
+    phrases = await synthesize_phrases(PHRASES)
+    results = {}
+    for pipeline in ("vibevoice", "stock"):
+        if args.only and pipeline != args.only:
+            continue
+        bot = start_bot(pipeline)
+        try:
+            print(f"[{pipeline}] {machine()} (before)")
+            results[pipeline] = await run_chain(bot.ws_url, phrases, args.trials, args.seed)
+            print(f"[{pipeline}] {machine()} (after)")
+        finally:
+            bot.stop()
+
+    print()
+    print(f"bot latency benchmark: {args.trials} barge-in trials per bot, seed {args.seed}")
+    for name, r in results.items():
+        print(f"{name:9s} voice-to-voice  {summary(r['v2v'])}")
+        print(f"{name:9s} barge-in        {summary(r['barge'])}  (skipped {r['skipped']})")
+        print(f"{name:9s} transcripts     {len(r['finals'])} finals, e.g. {r['finals'][:2]}")
+    if len(results) == 2:
+        ours, peer = results["vibevoice"], results["stock"]
+        for key, label, q in (("v2v", "voice-to-voice p50", 50), ("barge", "barge-in p95", 95)):
+            a, b = pct(ours[key], q), pct(peer[key], q)
+            print(f"ratio ours/stock {label}: {a / b:.2f} ({a * 1000:.0f} / {b * 1000:.0f} ms)")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
