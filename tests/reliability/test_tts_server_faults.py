@@ -186,3 +186,70 @@ async def test_store_in_a_read_only_directory_audio_flows_and_logged_once(tmp_pa
             await engine.cleanup()
     finally:
         _undo_read_only(directory, how)
+
+
+def _limit_file_size(limit: int):
+    """``preexec_fn``: files this process writes may not grow past ``limit`` bytes.
+
+    ``RLIMIT_FSIZE`` is how an unprivileged process gets a full disk: writes past the
+    limit fail with ``EFBIG`` (SIGXFSZ, which would kill the process, is ignored — the
+    disposition survives ``exec``). Pipes are not files, so the server's log is not cut.
+    """
+    import resource
+    import signal
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+@pytest.mark.slow
+async def test_store_on_a_full_disk_audio_flows_and_logged_once(tmp_path: Path) -> None:
+    """A real server process whose file writes stop at 48 KiB: the store fills up."""
+    import socket
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    db = tmp_path / "tts.sqlite3"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "pipecat_vibevoice.serving", "--port", str(port),
+        "--engine", "piper", "--log-level", "WARNING", "--tts-store-url", str(db),
+        "--tts-cache-max-bytes", "0", "--tts-rate-limit-per-s", "0",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        preexec_fn=_limit_file_size(48 * 1024),
+    )  # fmt: skip
+    http = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                status, body = await asyncio.to_thread(_get_json, http + "/health")
+                if status == 200:
+                    break
+            except OSError:
+                pass
+            assert proc.returncode is None and time.monotonic() < deadline, "server did not start"
+            await asyncio.sleep(0.3)
+        url = f"ws://127.0.0.1:{port}/v1/tts/stream"
+        for k in range(30):  # ~1-2 KiB of WAL per row: the limit is reached on the way
+            text = f"Row {k} goes to a disk that fills up, with some words to say."
+            assert await _speak_ok(url, f"f{k}", text) > 0
+            _, body = await asyncio.to_thread(_get_json, http + "/health")
+            if body["serving"]["store"]["failed"] >= 5:
+                break
+        store = body["serving"]["store"]
+        assert store["failed"] >= 5, store  # the disk really filled up
+        # A nearly full disk may take a row now and then: health follows the last write.
+        if store["last_error"] is not None:
+            assert store["status"] == "failing" and body["status"] == "degraded"
+            assert "full" in store["last_error"] or "I/O" in store["last_error"], store
+    finally:
+        proc.terminate()
+        output, _ = await asyncio.wait_for(proc.communicate(), 30)
+    log = output.decode(errors="replace")
+    assert log.count("synthesis store") == 1, log[-3000:]
+    assert db.stat().st_size <= 48 * 1024

@@ -128,6 +128,11 @@ class NullStore(SynthesisStore):
 
 _STOP = object()
 
+#: A failure within this many seconds of the previous one belongs to the same episode
+#: and is not logged again, even if a write succeeded in between (a nearly full disk
+#: accepts a row now and then: logging each flap would flood the log).
+FAILURE_EPISODE_S = 300.0
+
 
 class SQLiteStore(SynthesisStore):
     """SQLite file written by one background thread in batches."""
@@ -141,6 +146,7 @@ class SQLiteStore(SynthesisStore):
         self.failed = 0
         self.last_error: str | None = None
         self._warned_full = False
+        self._last_failure_at: float | None = None
         self._thread = threading.Thread(target=self._run, name="tts-store", daemon=True)
         self._closed = False
         self._thread.start()
@@ -201,8 +207,13 @@ class SQLiteStore(SynthesisStore):
 
     def _fail(self, exc: BaseException, rows: int) -> None:
         self.failed += rows
-        if self.last_error is None:  # log once; audio goes on regardless
+        now = time.monotonic()
+        previous, self._last_failure_at = self._last_failure_at, now
+        if previous is None or now - previous > FAILURE_EPISODE_S:
+            # Logged once per episode; audio goes on regardless, /health has the counts.
             logger.error(f"synthesis store {self.path} failing, rows are dropped: {exc!r}")
+        else:
+            logger.debug(f"synthesis store {self.path} still failing: {exc!r}")
         self.last_error = repr(exc)
 
     def _run(self) -> None:
