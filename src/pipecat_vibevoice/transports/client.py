@@ -137,7 +137,9 @@ class PlaybackModel:
 
     def is_audible(self, now: float) -> bool:
         """Whether the person hears the bot at ``now``."""
-        return any(s <= now < e for s, e in self.audible_spans(now))
+        self._settle(now)
+        blocks = [(s, e) for s, e, audible in self._scheduled if audible]
+        return any(s <= now < e for s, e in self.played + blocks)
 
     def queued_seconds(self, now: float) -> float:
         """Audio waiting to be played (scheduled or paused)."""

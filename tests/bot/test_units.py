@@ -1,0 +1,172 @@
+"""Fast tests of the bot's parts: turn judge, responder, player model, serializer, gate."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+from pipecat.frames.frames import (
+    InputAudioRawFrame,
+    InterruptionFrame,
+    OutputTransportMessageUrgentFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
+
+from pipecat_vibevoice.pipeline import BotConfig, BotConfigError, reply_to
+from pipecat_vibevoice.pipeline.frames import (
+    ClientProtocolErrorFrame,
+    ProbableSpeechEndFrame,
+    SpeechOnsetFrame,
+)
+from pipecat_vibevoice.pipeline.models import looks_looped
+from pipecat_vibevoice.pipeline.responder import last_user_text
+from pipecat_vibevoice.pipeline.turns import text_sounds_finished
+from pipecat_vibevoice.transports.client import PlaybackModel
+from pipecat_vibevoice.transports.serializer import MAX_REPORTED_ERRORS, SafeProtobufSerializer
+from pipecat_vibevoice.transports.settings import build_parser, settings_from_args
+
+
+@pytest.mark.parametrize(
+    ("text", "finished"),
+    [
+        ("What time is it in Paris right now?", True),
+        ("I would like to order a large pizza with.", False),
+        ("I would like to order a large pizza with", False),
+        ("Tell me about the weather in", False),
+        ("So, um", False),
+        ("extra cheese and olives, please.", True),
+        ("I think that...", False),
+        ("", False),
+    ],
+)
+def test_turn_judge_on_transcripts(text, finished):
+    assert text_sounds_finished(text) is finished
+
+
+def test_offline_responder_answers_from_what_it_heard():
+    assert "heard you say: tell me a story" in reply_to("Tell me a story.").lower()
+    assert "not a language model" in reply_to("Tell me a story.")
+    assert reply_to("hello").startswith("Hello")
+    assert reply_to("") == ""
+    messages = [
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "x"},
+        {"role": "user", "content": [{"type": "text", "text": "second"}]},
+    ]
+    assert last_user_text(messages) == "second"
+
+
+def test_loop_guard_spots_restarted_sentences():
+    assert looks_looped("Can you hear me? Can you hear me")
+    assert looks_looped("Tell me a story about a dog. Tell me")
+    assert not looks_looped("Stop, please. Tell me a story about a brave dog instead.")
+
+
+def _tone(seconds: float, rate: int = 24000, amp: int = 8000) -> bytes:
+    t = np.arange(int(seconds * rate)) / rate
+    return (amp * np.sin(2 * np.pi * 220 * t)).astype("<i2").tobytes()
+
+
+def test_player_model_pause_resume_flush():
+    player = PlaybackModel()
+    player.feed(_tone(1.0), now=0.0)
+    assert player.is_audible(0.5)
+    player.pause(0.5)
+    assert not player.is_audible(0.6)
+    assert player.queued_seconds(0.6) == pytest.approx(0.5, abs=0.011)
+    player.resume(1.0)
+    assert player.is_audible(1.2)
+    assert player.last_audible_between(1.0, 3.0) == pytest.approx(1.5, abs=0.011)
+    player.feed(_tone(1.0), now=2.0)
+    player.flush(2.25)
+    assert player.last_audible_between(2.0, 4.0) == pytest.approx(2.25, abs=0.011)
+    assert player.queued_seconds(2.3) == 0
+    assert player.first_audible_after(1.6, now=4.0) == pytest.approx(2.0, abs=0.011)
+
+
+async def test_serializer_turns_bad_input_into_errors():
+    from pipecat.frames.protobufs import frames_pb2
+
+    ser = SafeProtobufSerializer()
+    assert isinstance(await ser.deserialize(b"\xff\x00garbage"), ClientProtocolErrorFrame)
+    assert isinstance(await ser.deserialize("text"), ClientProtocolErrorFrame)
+    odd = frames_pb2.Frame()
+    odd.audio.audio = b"\x00\x01\x02"
+    odd.audio.sample_rate = 16000
+    odd.audio.num_channels = 1
+    assert isinstance(await ser.deserialize(odd.SerializeToString()), ClientProtocolErrorFrame)
+    good = frames_pb2.Frame()
+    good.audio.audio = b"\x00\x00" * 320
+    good.audio.sample_rate = 16000
+    good.audio.num_channels = 1
+    frame = await ser.deserialize(good.SerializeToString())
+    assert isinstance(frame, InputAudioRawFrame) and frame.sample_rate == 16000
+    stop = frames_pb2.Frame()
+    stop.interruption.SetInParent()
+    assert isinstance(await ser.deserialize(stop.SerializeToString()), InterruptionFrame)
+    for _ in range(MAX_REPORTED_ERRORS):
+        await ser.deserialize(b"\xff")
+    assert await ser.deserialize(b"\xff") is None  # reported enough: now only logged
+
+
+def test_config_validation_and_cli():
+    with pytest.raises(BotConfigError, match="max_pause_secs"):
+        BotConfig(vad_stop_secs=0.5, max_pause_secs=0.3)
+    with pytest.raises(BotConfigError, match="llm_url"):
+        BotConfig(llm_url="localhost:11434")
+    args = build_parser().parse_args(
+        [
+            "--port",
+            "9000",
+            "--llm-url",
+            "http://127.0.0.1:11434/v1",
+            "--llm-model",
+            "qwen",
+            "--engine",
+            "piper",
+            "--vad-stop-secs",
+            "0.3",
+            "--voice",
+            "1",
+        ]
+    )
+    settings = settings_from_args(args)
+    assert settings.port == 9000 and settings.tts.engine == "piper"
+    assert settings.bot.llm_model == "qwen" and not settings.bot.uses_offline_responder
+    assert settings.bot.vad_stop_secs == 0.3 and settings.bot.voice == 1
+    assert "llm_api_key" in settings.bot.to_dict()
+    assert isinstance(args, argparse.Namespace)
+
+
+@pytest.mark.timeout(60)
+async def test_speech_gate_pauses_early_and_announces_speech(speech):
+    """Onset (→ pause message) comes before Pipecat's confirmed VAD start."""
+    from pipecat.tests.utils import run_test
+
+    from pipecat_vibevoice.pipeline.models import _pipecat_data_file, load_onnx_session
+    from pipecat_vibevoice.pipeline.vad import SharedSileroVADAnalyzer, SpeechGate
+
+    session = load_onnx_session(_pipecat_data_file("pipecat.audio.vad.data", "silero_vad.onnx"))
+    gate = SpeechGate(SharedSileroVADAnalyzer(session))
+    audio = np.concatenate(
+        [np.zeros(8000, np.int16), speech["question"], np.zeros(16000, np.int16)]
+    )
+    frames = [
+        InputAudioRawFrame(audio=audio[i : i + 320].tobytes(), sample_rate=16000, num_channels=1)
+        for i in range(0, len(audio) - 319, 320)
+    ]
+    frames.append(InputAudioRawFrame(audio=b"\x00\x00" * 441, sample_rate=44100, num_channels=1))
+    down, _ = await run_test(gate, frames_to_send=frames)
+    kinds = [type(f) for f in down if not isinstance(f, InputAudioRawFrame)]
+    onset = kinds.index(SpeechOnsetFrame)
+    started = kinds.index(VADUserStartedSpeakingFrame)
+    assert onset < started
+    assert ProbableSpeechEndFrame in kinds[started:]
+    assert VADUserStoppedSpeakingFrame in kinds[started:]
+    messages = [f.message for f in down if isinstance(f, OutputTransportMessageUrgentFrame)]
+    types = [m["type"] for m in messages]
+    assert types[0] == "playback-pause"
+    assert "playback-flush" in types  # confirmed after the pause
+    assert any(m["type"] == "error" and "44100" in m["data"]["error"] for m in messages)
