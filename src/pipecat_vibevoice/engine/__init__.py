@@ -3,7 +3,8 @@
 This package knows nothing of Pipecat; services adapt it to frames.
 """
 
-from .backends.base import BackendUnavailable
+from .backends.base import BackendUnavailable, TextSource
+from .chunks import SpeechChunk
 from .config import ConfigError, TTSConfig
 from .engine import BatchResult, EngineNotReadyError, TTSEngine, UnknownVoiceError
 from .singleton import get_tts_engine, shutdown_tts_engine
@@ -15,9 +16,11 @@ __all__ = [
     "ConfigError",
     "EmptyTextError",
     "EngineNotReadyError",
+    "SpeechChunk",
     "TTSConfig",
     "TTSEngine",
     "TextError",
+    "TextSource",
     "TextTooLongError",
     "UnknownVoiceError",
     "get_tts_engine",
