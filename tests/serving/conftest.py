@@ -26,8 +26,9 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., ServerThread]]:
     """Start servers with special settings; all stopped after the test."""
     started: list[ServerThread] = []
 
-    def make(**overrides: Any) -> ServerThread:
-        srv = ServerThread(create_app(settings_for(tmp_path, **overrides), PIPER)).start()
+    def make(sndbuf: int | None = None, **overrides: Any) -> ServerThread:
+        app = create_app(settings_for(tmp_path, **overrides), PIPER)
+        srv = ServerThread(app, sndbuf=sndbuf).start()
         started.append(srv)
         return srv
 

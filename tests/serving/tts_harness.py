@@ -28,10 +28,12 @@ PIPER = TTSConfig(engine="piper")
 class ServerThread:
     """uvicorn serving an app on 127.0.0.1:<free port> until :meth:`stop`."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, sndbuf: int | None = None) -> None:
         self.app = app
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if sndbuf:  # accepted sockets inherit it: a small kernel buffer per client
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         config = uvicorn.Config(app, log_level="warning", ws_max_size=1 << 20, lifespan="on")
