@@ -9,6 +9,7 @@ from pipecat.frames.frames import (
     LLMTextFrame,
     TTSAudioRawFrame,
     TTSSpeakFrame,
+    TTSTextFrame,
 )
 from pipecat.services.tts_service import TextAggregationMode
 from pipecat.tests.utils import SleepFrame, run_test
@@ -33,6 +34,10 @@ def check_no_leak(down, interrupted_context: str) -> list[TTSAudioRawFrame]:
     cut = next(i for i, f in enumerate(down) if isinstance(f, InterruptionFrame))
     before = audio_frames(down[:cut])
     after = audio_frames(down[cut:])
+    # The words of the interrupted turn were not all heard; none of its sentences
+    # (each longer than the audio made before the interruption) may be recorded as said.
+    said = [f for f in down if isinstance(f, TTSTextFrame) and f.context_id == interrupted_context]
+    assert not said, f"unspoken text reached the context: {[f.text for f in said]}"
     assert before and all(f.context_id == interrupted_context for f in before)
     leaked = [f for f in after if f.context_id == interrupted_context]
     assert not leaked, f"{len(leaked)} audio frames of the interrupted turn came after it"

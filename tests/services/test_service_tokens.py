@@ -14,6 +14,7 @@ from pipecat.frames.frames import (
     TTSSpeakFrame,
     TTSStartedFrame,
     TTSStoppedFrame,
+    TTSTextFrame,
 )
 from pipecat.services.tts_service import TextAggregationMode
 from pipecat.tests.utils import SleepFrame, run_test
@@ -34,25 +35,25 @@ REST = [" are", " you", " doing", " this", " fine", " morning", "?"]
 
 
 class RequestLog:
-    """Records every ``synthesize_streaming`` request the engine gets (text kind)."""
+    """Records every request the engine gets (``stream_chunks``, which the service uses)."""
 
     def __init__(self, engine: TTSEngine) -> None:
         self.engine = engine
         self.kinds: list[str] = []
 
     def __enter__(self) -> RequestLog:
-        original = self.engine.synthesize_streaming
+        original = self.engine.stream_chunks
 
         @functools.wraps(original)
         def wrapper(text, *args, **kwargs):
             self.kinds.append("str" if isinstance(text, str) else "stream")
             return original(text, *args, **kwargs)
 
-        self.engine.synthesize_streaming = wrapper  # type: ignore[method-assign]
+        self.engine.stream_chunks = wrapper  # type: ignore[method-assign]
         return self
 
     def __exit__(self, *exc: object) -> None:
-        del self.engine.synthesize_streaming
+        del self.engine.stream_chunks
 
 
 def turn(*groups: list[str], pause: float = 0.0) -> list:
@@ -104,6 +105,23 @@ async def test_turn_is_one_engine_stream_and_speech_starts_before_the_turn_ends(
     seconds = sum(len(f.audio) for f in audio) / 48000
     assert 2.0 < seconds < 8.0
     assert not tts._token_tasks
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["engine-stream", "fallback"])
+async def test_each_sentence_text_follows_its_audio(
+    piper_engine: TTSEngine, monkeypatch: pytest.MonkeyPatch, native: bool
+) -> None:
+    # The TTSTextFrame is what the assistant context records as said: it must not run
+    # ahead of the audio (Pipecat emits it as soon as a streamed sentence is complete).
+    if not native:
+        monkeypatch.setattr(piper_engine, "accepts_text_stream", False, raising=False)
+    tts = VibeVoiceTTSService(piper_engine, warmup=False, text_aggregation_mode=TOKEN)
+    tokens = ["Hello", " there.", " How", " are", " you", " today?", " I", " am", " fine."]
+    down, _ = await run_test(tts, frames_to_send=turn(tokens), start_timeout=10)
+    texts = [f.text.strip() for f in down if isinstance(f, TTSTextFrame)]
+    assert texts == ["Hello there.", "How are you today?", "I am fine."]
+    names = [n for n in shape(down) if n in ("TTSAudioRawFrame", "TTSTextFrame")]
+    assert names == ["TTSAudioRawFrame", "TTSTextFrame"] * 3
 
 
 async def test_sentence_fallback_when_the_engine_takes_no_stream(

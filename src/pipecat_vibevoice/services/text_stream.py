@@ -18,6 +18,7 @@ import inspect
 from collections.abc import AsyncIterator
 from typing import Any
 
+from pipecat.frames.frames import Frame, TTSTextFrame
 from pipecat.utils.text.base_text_aggregator import TextType
 from pipecat.utils.text.simple_text_aggregator import SimpleTextAggregator
 
@@ -72,6 +73,36 @@ class TextStream:
         """Discard pieces until the stream is closed (after a failed request)."""
         async for _ in self:
             pass
+
+
+class HeldText:
+    """Frames held back until the audio that speaks their text has been produced.
+
+    Each ``TTSTextFrame`` gets the end offset of its text in the turn's text (the
+    running total of the held texts, which Pipecat cut from the same tokens the
+    engine reads); other frames share the offset of the text frame before them.
+    """
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[int, Frame]] = []
+        self.chars = 0
+
+    def hold(self, frame: Frame) -> None:
+        """Queue a frame; a text frame advances the offset by its text."""
+        if isinstance(frame, TTSTextFrame):
+            self.chars += len(frame.text)
+        self.frames.append((self.chars, frame))
+
+    def release(self, upto: int | None) -> list[Frame]:
+        """Frames whose text ends at or before ``upto`` (all of them for ``None``), in order."""
+        count = 0
+        for end, _ in self.frames:
+            if upto is not None and end > upto:
+                break
+            count += 1
+        released = [frame for _, frame in self.frames[:count]]
+        del self.frames[:count]
+        return released
 
 
 async def sentences_from(pieces: AsyncIterator[str], language: str = "en") -> AsyncIterator[str]:

@@ -25,7 +25,14 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Mapping,
+)
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +46,7 @@ from pipecat.frames.frames import (
     InterruptionFrame,
     StartFrame,
     TTSAudioRawFrame,
+    TTSTextFrame,
 )
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.settings import TTSSettings
@@ -49,7 +57,7 @@ from pipecat.utils.types import NOT_GIVEN, NotGiven, is_given
 from ..engine import TTSConfig, TTSEngine, get_tts_engine
 from ..engine.config import PITCH_RANGE, SPEED_RANGE
 from ..engine.engine import check_range
-from .text_stream import TextStream, engine_accepts_text_stream, sentences_from
+from .text_stream import HeldText, TextStream, engine_accepts_text_stream, sentences_from
 
 #: Text spoken once per (engine, voice) at start, so the first real turn does not
 #: pay for lazy initialisation and Pipecat never sees a silent first context.
@@ -211,6 +219,7 @@ class VibeVoiceTTSService(TTSService):
         # Token mode: the open text stream of each audio context, and its speaker task.
         self._token_streams: dict[str, TextStream] = {}
         self._token_tasks: dict[str, asyncio.Task] = {}
+        self._held_text: dict[str, HeldText] = {}
         self._stream_text_ok: bool | None = None
         # Contexts whose text the engine refused (bad input, already reported).
         self._refused_contexts: set[str] = set()
@@ -404,19 +413,26 @@ class VibeVoiceTTSService(TTSService):
             yield frame
 
     async def _synthesize_frames(
-        self, engine: TTSEngine, text: str | AsyncIterable[str], context_id: str
+        self,
+        engine: TTSEngine,
+        text: str | AsyncIterable[str],
+        context_id: str,
+        before_audio: Callable[[int], Awaitable[None]] | None = None,
     ) -> AsyncIterator[Frame]:
         """One engine request as frames: audio chunks, or an ErrorFrame on failure.
 
-        ``aclosing`` makes sure the engine's generator is closed on every exit,
-        cancellation included, which sets its stop event before the next model call.
+        ``before_audio(offset)`` is awaited before each chunk whose text span starts at
+        ``offset`` (a character index of the request text), so a caller can place text
+        frames right after the audio that spoke them. ``aclosing`` makes sure the
+        engine's generator is closed on every exit, cancellation included, which sets
+        its stop event before the next model call.
         """
         try:
-            async with aclosing(
-                engine.synthesize_streaming(text, **self._request_kwargs(engine))
-            ) as chunks:
-                async for chunk in chunks:
-                    yield await self._audio_frame(chunk, engine, context_id)
+            async with aclosing(_engine_audio(engine, text, self._request_kwargs(engine))) as it:
+                async for pcm, span_start in it:
+                    if before_audio is not None and span_start is not None:
+                        await before_audio(span_start)
+                    yield await self._audio_frame(pcm, engine, context_id)
         except ValueError as exc:
             # Bad voice, text or controls: the request's fault, not the engine's.
             logger.warning(f"{self}: request refused: {exc}")
@@ -481,6 +497,7 @@ class VibeVoiceTTSService(TTSService):
         if stream is None or stream.closed:
             stream = TextStream()
             self._token_streams[context_id] = stream
+            self._held_text[context_id] = HeldText()
             self._token_tasks[context_id] = self.create_task(
                 self._speak_token_stream(engine, stream, context_id),
                 name=f"tts-stream-{context_id[:8]}",
@@ -503,33 +520,85 @@ class VibeVoiceTTSService(TTSService):
         """Speak one turn's text stream into its audio context, then close the context."""
         try:
             if self.streams_text_into_engine:
-                await self._speak_into_context(engine, stream, context_id)
+                await self._speak_into_context(
+                    engine,
+                    stream,
+                    context_id,
+                    before_audio=lambda offset: self._release_text(context_id, offset),
+                )
             else:
-                async with aclosing(
-                    sentences_from(stream, self.text_aggregation_language)
-                ) as sents:
-                    async for sentence in sents:
+                spoken = 0
+                language = self.text_aggregation_language
+                async with aclosing(sentences_from(stream, language)) as sentences:
+                    async for sentence in sentences:
                         await self._speak_into_context(engine, sentence, context_id)
+                        # Offsets of the turn text are not those of a sentence request:
+                        # release by the characters spoken so far (+1 per separator).
+                        spoken += len(sentence) + 1
+                        await self._release_text(context_id, spoken)
             # A failed request stops consuming; wait for the end of the turn anyway,
             # so the context is not closed before the turn's text frames are queued.
             await stream.drain()
+            await self._release_text(context_id, None)
             if self.audio_context_available(context_id):
                 await self.remove_audio_context(context_id)
         finally:
             if self._token_streams.get(context_id) is stream:
                 del self._token_streams[context_id]
                 self._token_tasks.pop(context_id, None)
+                self._held_text.pop(context_id, None)
             if stream.chars:
                 logger.debug(f"{self}: token stream {context_id[:8]} done ({stream.pieces} pieces)")
 
     async def _speak_into_context(
-        self, engine: TTSEngine, text: str | AsyncIterable[str], context_id: str
+        self,
+        engine: TTSEngine,
+        text: str | AsyncIterable[str],
+        context_id: str,
+        before_audio: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
-        async with aclosing(self._synthesize_frames(engine, text, context_id)) as frames:
+        frames = self._synthesize_frames(engine, text, context_id, before_audio)
+        async with aclosing(frames):
             async for frame in frames:
                 await self.append_to_audio_context(context_id, frame)
 
+    async def _push_sequencer_frames(self, frames: list[Frame], context_id: str | None) -> None:
+        """In TOKEN mode, hold each sentence's ``TTSTextFrame`` until its audio is out.
+
+        Pipecat regroups streamed tokens into sentences and emits a sentence's
+        ``TTSTextFrame`` (what the assistant context records as said) as soon as the
+        sentence is complete: before the engine has spoken it. After an interruption the
+        context would then hold words the user never heard. Held frames are released
+        into the audio context once the engine's audio has moved past their text (by
+        the chunks' text spans) and are dropped with the context on interruption.
+        Frames queued behind a held one wait too, so their order is kept.
+        """
+        held = self._held_text.get(context_id) if context_id else None
+        if held is None:
+            await super()._push_sequencer_frames(frames, context_id)
+            return
+        passing: list[Frame] = []
+        for frame in frames:
+            if isinstance(frame, TTSTextFrame) or held.frames:
+                held.hold(frame)
+            else:
+                passing.append(frame)
+        if passing:
+            await super()._push_sequencer_frames(passing, context_id)
+
+    async def _release_text(self, context_id: str, upto: int | None) -> None:
+        """Release held frames whose text ends at or before ``upto`` (all for ``None``)."""
+        held = self._held_text.get(context_id)
+        if held is None:
+            return
+        for frame in held.release(upto):
+            if self.audio_context_available(context_id):
+                await self.append_to_audio_context(context_id, frame)
+            else:
+                await self.push_frame(frame)
+
     async def _cancel_token_stream(self, context_id: str) -> None:
+        self._held_text.pop(context_id, None)  # never spoken: never in the context
         stream = self._token_streams.pop(context_id, None)
         task = self._token_tasks.pop(context_id, None)
         if stream is not None:
@@ -559,3 +628,20 @@ class VibeVoiceTTSService(TTSService):
             context = self._tts_contexts.get(context_id)
             if context is None or context.interruptible:
                 await self._cancel_token_stream(context_id)
+
+
+async def _engine_audio(
+    engine: TTSEngine, text: str | AsyncIterable[str], kwargs: dict[str, Any]
+) -> AsyncIterator[tuple[bytes, int | None]]:
+    """PCM chunks of one request with the start of the text span each one speaks.
+
+    ``stream_chunks`` gives spans; an engine without it gives audio only (``None``).
+    """
+    if hasattr(engine, "stream_chunks"):
+        async with aclosing(engine.stream_chunks(text, **kwargs)) as chunks:
+            async for chunk in chunks:
+                yield chunk.pcm, chunk.text_span[0] if chunk.text_span else None
+    else:
+        async with aclosing(engine.synthesize_streaming(text, **kwargs)) as chunks:
+            async for pcm in chunks:
+                yield pcm, None
