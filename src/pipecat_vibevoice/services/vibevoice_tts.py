@@ -23,6 +23,7 @@ The service knows no transport: it only emits frames.
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 import weakref
 from collections.abc import (
@@ -196,6 +197,8 @@ class VibeVoiceTTSService(TTSService):
             inference_steps=self._engine_config.inference_steps,
         )
         if settings is not None:
+            settings = copy.copy(settings)  # the caller's object is left as it was
+            settings.extra = dict(settings.extra)
             for name in ("speed", "pitch", "cfg_scale", "inference_steps"):
                 value = getattr(settings, name)
                 if is_given(value):
