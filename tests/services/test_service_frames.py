@@ -12,6 +12,7 @@ from pipecat.frames.frames import (
 )
 from pipecat.metrics.metrics import TTFBMetricsData, TTSUsageMetricsData
 from pipecat.pipeline.worker import PipelineParams
+from pipecat.services.tts_service import TextAggregationMode
 from pipecat.tests.utils import run_test
 from services.service_helpers import audio_frames, shape
 
@@ -122,3 +123,10 @@ def test_constructor_rejects_bad_arguments(piper_engine: TTSEngine) -> None:
         VibeVoiceTTSService(piper_engine, config=TTSConfig(engine="piper"))
     with pytest.raises(TypeError):
         VibeVoiceTTSService("piper")  # type: ignore[arg-type]
+    # Token mode speaks a turn as one request, which needs one context per turn.
+    tts = VibeVoiceTTSService(
+        piper_engine,
+        text_aggregation_mode=TextAggregationMode.TOKEN,
+        reuse_context_id_within_turn=False,
+    )
+    assert tts._reuse_context_id_within_turn

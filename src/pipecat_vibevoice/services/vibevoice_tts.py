@@ -207,6 +207,14 @@ class VibeVoiceTTSService(TTSService):
 
         kwargs.pop("push_start_frame", None)
         kwargs.pop("push_stop_frames", None)
+        if text_aggregation_mode == TextAggregationMode.TOKEN and not kwargs.get(
+            "reuse_context_id_within_turn", True
+        ):
+            # One context per token would mean one engine request per token.
+            logger.warning(
+                "token mode needs one context per turn: reuse_context_id_within_turn=True"
+            )
+            kwargs["reuse_context_id_within_turn"] = True
         super().__init__(
             push_start_frame=True,
             push_stop_frames=True,
