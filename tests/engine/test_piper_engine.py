@@ -72,7 +72,7 @@ def test_decoder_windows_join_into_the_full_decode(piper_engine: TTSEngine) -> N
         [p.audio for p in backend._decode_windows(latent, mask, threading.Event())]
     )
     assert windows.size == full.size
-    assert np.max(np.abs(windows - np.clip(full, -1, 1))) < 1e-3
+    assert np.max(np.abs(windows - np.clip(full, -1, 1))) < 1e-4
 
 
 @pytest.mark.parametrize("speed", [0.5, 1.5, 2.0])
