@@ -270,3 +270,16 @@ async def test_origin_allow_list(make_server) -> None:
     await ok.ws.close()
     ok = await open_client(srv.url, origin=f"http://127.0.0.1:{srv.port}")  # same host
     await ok.ws.close()
+
+
+async def test_idle_open_utterance_is_flushed_and_may_start_empty(make_server) -> None:
+    srv = make_server(open_idle_s=0.5)
+    client = await open_client(srv.url)
+    await client.send(type="speak", id="i1", text="", final=False)  # text comes later
+    await client.send(type="append", text="Nobody flushes this sentence.")
+    result = await client.collect(["i1"], timeout=10)  # no flush: done after 0.5 s idle
+    assert result["i1"].final["type"] == "done" and len(result["i1"].audio) > 24000
+    await client.send(type="speak", id="i2", text="Next in line.")
+    result = await client.collect(["i2"])
+    assert result["i2"].final["type"] == "done"
+    await client.ws.close()

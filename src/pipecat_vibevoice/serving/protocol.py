@@ -106,13 +106,14 @@ def parse_message(raw: str, max_chars: int) -> ClientMessage:
             request_id,
         )
     if kind == "speak":
-        text = _text(data, max_chars, request_id)
-        voice = data.get("voice")
-        if voice is not None and (isinstance(voice, bool) or not isinstance(voice, str | int)):
-            raise ProtocolError("invalid_message", "voice must be a name or an index", request_id)
         final = data.get("final", True)
         if not isinstance(final, bool):
             raise ProtocolError("invalid_message", "final must be true or false", request_id)
+        # An open utterance may start empty: its text comes with ``append``.
+        text = _text(data, max_chars, request_id, allow_empty=not final)
+        voice = data.get("voice")
+        if voice is not None and (isinstance(voice, bool) or not isinstance(voice, str | int)):
+            raise ProtocolError("invalid_message", "voice must be a name or an index", request_id)
         options: dict[str, Any] = {}
         for name, (low, high) in ENGINE_OPTIONS.items():
             if data.get(name) is not None:

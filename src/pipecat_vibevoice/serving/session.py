@@ -392,7 +392,14 @@ class TTSSession:
             item.news.clear()
             if index < len(item.parts) or not item.open:
                 continue
-            await item.news.wait()
+            try:
+                await asyncio.wait_for(item.news.wait(), self.settings.open_idle_s)
+            except TimeoutError:
+                # A client that stops appending must not hold a synthesis slot forever.
+                self.log.info(f"item {item.id}: no text for {self.settings.open_idle_s}s, flushed")
+                item.close()
+                if self.open_item is item:
+                    self.open_item = None
 
     async def _play(self, item: Item) -> None:
         svc, metrics = self.service, self.service.metrics

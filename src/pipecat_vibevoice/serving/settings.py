@@ -44,6 +44,8 @@ class ServingSettings:
         max_utterance_chars: Longest utterance, all appends included.
         rate_limit_per_s: Messages per second per connection (token bucket; 0 = off).
         rate_limit_burst: Bucket size (messages accepted back to back).
+        open_idle_s: An open utterance (``final: false``) that gets no text for this long
+            is flushed, so an idle client cannot hold a synthesis slot.
         allowed_origins: Comma-separated browser origins allowed to connect; ``*`` allows
             any. Clients sending no ``Origin`` (non-browser) and same-host origins are
             always allowed.
@@ -69,8 +71,9 @@ class ServingSettings:
     max_message_bytes: int = 65536
     max_message_chars: int = 5000
     max_utterance_chars: int = 20000
-    rate_limit_per_s: float = 20.0
-    rate_limit_burst: int = 40
+    rate_limit_per_s: float = 50.0
+    rate_limit_burst: int = 200
+    open_idle_s: float = 15.0
     allowed_origins: str = ""
     token: str = ""
     send_timeout_s: float = 10.0
@@ -109,6 +112,8 @@ class ServingSettings:
             raise ValueError("rate_limit_per_s and admission_wait_s must be >= 0")
         if self.rate_limit_per_s > 0 and self.rate_limit_burst < 1:
             raise ValueError("rate_limit_burst must be >= 1 when rate limiting is on")
+        if self.open_idle_s <= 0:
+            raise ValueError(f"open_idle_s must be > 0, got {self.open_idle_s}")
         if self.send_timeout_s <= 0:
             raise ValueError(f"send_timeout_s must be > 0, got {self.send_timeout_s}")
         if self.store_queue < 1:
@@ -182,6 +187,7 @@ _HELP = {
     "max_utterance_chars": "longest utterance (appends included)",
     "rate_limit_per_s": "messages per second per connection (0 = off)",
     "rate_limit_burst": "messages accepted back to back",
+    "open_idle_s": "flush an open utterance after this long without text",
     "allowed_origins": "comma-separated browser origins allowed ('*' = any)",
     "token": "bearer token required on the TTS socket (empty = none)",
     "send_timeout_s": "disconnect a client that blocks one frame this long",
