@@ -13,8 +13,9 @@ same run, one after the other, by the same client. One session per bot, a chain 
    onset — so bot audio that starts again while the user still speaks counts too;
 4. that phrase is the next turn (back to 2).
 
-A trial where the bot was not audible in the 150 ms before the onset is not counted
-for barge-in (the bot had nothing left to say). Figures are printed; nothing is
+A trial where the bot was not audible in the 150 ms before the onset (a gap between
+its sentences) is not counted for barge-in; the chain goes on until ``--trials``
+barge-ins were counted. Figures are printed; nothing is
 asserted. The machine's cores are shared: read the load average printed with them.
 """
 
@@ -30,7 +31,12 @@ from bot_harness import PHRASES, machine, pct, start_bot, summary, synthesize_ph
 from pipecat_vibevoice.transports.client import VoiceClient
 
 
-async def run_chain(url: str, phrases: list, trials: int, seed: int) -> dict:
+def _rel(times: list[float], onset: float, end: float) -> list[int]:
+    """Event times in ms relative to the onset, for the verbose trial lines."""
+    return [round((t - onset) * 1000) for t in times if onset - 1 < t < end]
+
+
+async def run_chain(url: str, phrases: list, trials: int, seed: int, verbose: bool) -> dict:
     rng = random.Random(seed)
     v2v: list[float] = []
     barge: list[float] = []
@@ -39,7 +45,9 @@ async def run_chain(url: str, phrases: list, trials: int, seed: int) -> dict:
     async with VoiceClient(url) as client:
         await asyncio.sleep(1.0)
         utt = await client.say(phrases[0])
-        for i in range(1, trials + 1):
+        i = 0
+        while len(barge) < trials and i < 2 * trials:
+            i += 1
             try:
                 heard = await client.wait_bot_audio(utt.end, timeout=20)
             except TimeoutError:
@@ -56,6 +64,11 @@ async def run_chain(url: str, phrases: list, trials: int, seed: int) -> dict:
                 continue
             last = client.player.last_audible_between(onset, utt.end)
             barge.append(0.0 if last is None else last - onset)
+            if verbose:
+                p = client.player
+                print(f"  trial {len(barge):2d}: barge-in {barge[-1] * 1000:4.0f} ms; pauses "
+                      f"{_rel(p.pauses, onset, utt.end)} resumes {_rel(p.resumes, onset, utt.end)}"
+                      f" flushes {_rel(p.flushes, onset, utt.end)}")
         # The last utterance's answer.
         try:
             heard = await client.wait_bot_audio(utt.end, timeout=20)
@@ -71,6 +84,7 @@ async def main() -> None:
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--only", choices=("vibevoice", "stock"), default=None)
+    parser.add_argument("--verbose", action="store_true", help="print every barge-in trial")
     args = parser.parse_args()
 
     phrases = await synthesize_phrases(PHRASES)
@@ -81,7 +95,9 @@ async def main() -> None:
         bot = start_bot(pipeline)
         try:
             print(f"[{pipeline}] {machine()} (before)")
-            results[pipeline] = await run_chain(bot.ws_url, phrases, args.trials, args.seed)
+            results[pipeline] = await run_chain(
+                bot.ws_url, phrases, args.trials, args.seed, args.verbose
+            )
             print(f"[{pipeline}] {machine()} (after)")
         finally:
             bot.stop()
