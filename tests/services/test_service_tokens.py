@@ -10,12 +10,15 @@ from pipecat.frames.frames import (
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
     LLMTextFrame,
+    MetricsFrame,
     TTSAudioRawFrame,
     TTSSpeakFrame,
     TTSStartedFrame,
     TTSStoppedFrame,
     TTSTextFrame,
 )
+from pipecat.metrics.metrics import TTFBMetricsData, TTSUsageMetricsData
+from pipecat.pipeline.worker import PipelineParams
 from pipecat.services.tts_service import TextAggregationMode
 from pipecat.tests.utils import SleepFrame, run_test
 from pipecat.utils.errors import ErrorCategory
@@ -81,10 +84,16 @@ async def test_turn_is_one_engine_stream_and_speech_starts_before_the_turn_ends(
             tts,
             frames_to_send=turn(FIRST, REST, pause=2.5),
             observers=[timeline],
+            pipeline_params=PipelineParams(enable_metrics=True, enable_usage_metrics=True),
             start_timeout=10,
         )
     assert not [f for f in up if isinstance(f, ErrorFrame)]
     assert log.kinds == ["stream"]
+    # Metrics: one TTFB for the turn (first token to first audio), usage per turn.
+    data = [d for f in down if isinstance(f, MetricsFrame) for d in f.data]
+    assert len([d for d in data if isinstance(d, TTFBMetricsData) and d.value > 0]) == 1
+    usage = [d.value for d in data if isinstance(d, TTSUsageMetricsData) and d.value]
+    assert usage == [len("".join(FIRST + REST))]
     # The first sentence was spoken while the LLM was still "thinking" about the rest.
     first_audio = timeline.first_pushed(TTSAudioRawFrame)
     rest_arrived = next(
