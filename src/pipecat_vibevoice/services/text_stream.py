@@ -9,6 +9,9 @@ whole turn as one growing stream, so the service turns those calls into an
 Engines that cannot take a text stream yet get the same tokens regrouped into
 sentences (:func:`sentences_from`), spoken one engine request each, so TOKEN mode
 works with any engine; it only loses the sub-sentence head start.
+
+:class:`HeldText` keeps the sentence text frames Pipecat builds from the tokens
+until the audio that speaks them has been produced.
 """
 
 from __future__ import annotations

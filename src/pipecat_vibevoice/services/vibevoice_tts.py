@@ -15,7 +15,9 @@ Two ways text reaches the engine:
   background task speaks as one engine request (when the engine accepts a text
   stream) or sentence by sentence (fallback). Audio is appended to the turn's
   audio context as it arrives; the context is closed once the turn has been
-  flushed and the engine is done. An interruption cancels that task.
+  flushed and the engine is done. An interruption cancels that task. Each
+  sentence's ``TTSTextFrame`` is held until the engine's audio has passed its text
+  (chunk text spans), so only what was spoken reaches the assistant context.
 
 The service knows no transport: it only emits frames.
 """
