@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import AsyncIterable
 
 import pytest
 from pipecat.frames.frames import (
@@ -27,6 +28,7 @@ from services.service_helpers import PieceCounter, Timeline, audio_frames, shape
 from pipecat_vibevoice.engine import TTSEngine
 from pipecat_vibevoice.services import VibeVoiceTTSService
 from pipecat_vibevoice.services.text_stream import (
+    HeldText,
     TextStream,
     engine_accepts_text_stream,
     sentences_from,
@@ -197,3 +199,36 @@ async def test_text_stream_and_sentence_regrouping() -> None:
     sentences = [s async for s in sentences_from(stream)]
     assert sentences == ["Dr. Smith arrived.", "It was 3.5 degrees.", "Cold!"]
     assert stream.pieces == 5
+
+
+def test_held_text_releases_by_offset_in_order() -> None:
+    held = HeldText()
+    first, second = (
+        TTSTextFrame("Hello there.", text_type="sentence"),
+        TTSTextFrame(" How are you?", text_type="sentence"),
+    )
+    marker = LLMFullResponseEndFrame()
+    for frame in (first, marker, second):
+        held.hold(frame)
+    assert held.release(5) == []
+    assert held.release(12) == [first, marker]  # a frame behind a text keeps its place
+    assert held.release(20) == []
+    assert held.release(None) == [second]
+
+
+def test_text_stream_support_detection() -> None:
+    class Flagged:
+        accepts_text_stream = False
+
+        async def synthesize_streaming(self, text: AsyncIterable[str]): ...
+
+    class OnlyStrings:
+        async def synthesize_streaming(self, text: str): ...
+
+    class Streams:
+        async def synthesize_streaming(self, text: str | AsyncIterable[str]): ...
+
+    assert not engine_accepts_text_stream(Flagged())
+    assert not engine_accepts_text_stream(OnlyStrings())
+    assert engine_accepts_text_stream(Streams())
+    assert not engine_accepts_text_stream(object())
