@@ -55,6 +55,7 @@ from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import TextAggregationMode, TTSService
 from pipecat.utils.errors import ErrorCategory
+from pipecat.utils.tracing.service_decorators import traced_tts
 from pipecat.utils.types import NOT_GIVEN, NotGiven, is_given
 
 from ..engine import TTSConfig, TTSEngine, get_tts_engine
@@ -403,6 +404,7 @@ class VibeVoiceTTSService(TTSService):
 
     # -- synthesis ----------------------------------------------------------------------
 
+    @traced_tts
     async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame | None, None]:
         """Speak ``text`` (a sentence, or one token in TOKEN mode) in audio context ``context_id``.
 
