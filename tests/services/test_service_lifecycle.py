@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from pathlib import Path
 
 import pytest
 from pipecat.frames.frames import (
     ErrorFrame,
+    LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
     LLMTextFrame,
     TTSSpeakFrame,
@@ -100,3 +103,32 @@ async def test_end_frame_in_the_middle_of_a_token_turn_speaks_what_came(
     assert not [f for f in up if isinstance(f, ErrorFrame)]
     assert audio_frames(down) and any(isinstance(f, TTSStoppedFrame) for f in down)
     assert not tts._token_tasks
+
+
+@pytest.mark.parametrize("mode", list(TextAggregationMode))
+async def test_finished_sessions_leave_nothing_behind(
+    piper_engine: TTSEngine, mode: TextAggregationMode
+) -> None:
+    # The engine is shared for the life of the process: nothing of a finished
+    # session may stay reachable from it (slow per-session memory growth).
+    refs = []
+    for _ in range(2):
+        tts = VibeVoiceTTSService(piper_engine, warmup=False, text_aggregation_mode=mode)
+        await run_test(
+            tts,
+            frames_to_send=[
+                TTSSpeakFrame("One."),
+                LLMFullResponseStartFrame(),
+                LLMTextFrame("Two."),
+                LLMFullResponseEndFrame(),
+            ],
+            start_timeout=10,
+        )
+        assert not (tts._token_streams or tts._token_tasks or tts._held_text)
+        assert not tts._refused_contexts
+        refs.append(weakref.ref(tts))
+        del tts
+    gc.collect()
+    # The latest run's pipeline may still be referenced by the loop; the one before
+    # it must be gone.
+    assert refs[0]() is None, "a finished session's service is still alive"
