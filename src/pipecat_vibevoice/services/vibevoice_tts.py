@@ -633,6 +633,7 @@ class VibeVoiceTTSService(TTSService):
         In sentence mode the request is already stopped: the interruption cancelled
         the task running ``run_tts`` and with it the engine's generator.
         """
+        self._refused_contexts.discard(context_id)  # interrupted contexts are not counted
         await self._cancel_token_stream(context_id)
 
     async def _handle_interruption(self, frame: InterruptionFrame, direction: FrameDirection):
