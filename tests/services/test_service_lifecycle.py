@@ -132,3 +132,14 @@ async def test_finished_sessions_leave_nothing_behind(
     # The latest run's pipeline may still be referenced by the loop; the one before
     # it must be gone.
     assert refs[0]() is None, "a finished session's service is still alive"
+
+
+async def test_unknown_configured_voice_is_reported_at_start_and_default_used(
+    piper_engine: TTSEngine,
+) -> None:
+    tts = VibeVoiceTTSService(piper_engine, settings=Settings(voice="nobody"), warmup=False)
+    down, up = await run_test(tts, frames_to_send=[TTSSpeakFrame("Hi.")], start_timeout=10)
+    [error] = [f for f in up if isinstance(f, ErrorFrame)]
+    assert "nobody" in error.error and "en_US-joe-medium" in error.error
+    assert tts.settings.voice == "en_US-joe-medium"
+    assert audio_frames(down) and tts.is_usable
