@@ -616,10 +616,12 @@ class VibeVoiceTTSService(TTSService):
         self._held_text.pop(context_id, None)  # never spoken: never in the context
         stream = self._token_streams.pop(context_id, None)
         task = self._token_tasks.pop(context_id, None)
-        if stream is not None:
-            stream.close()
+        # Cancel first: to the engine a closed stream means "text complete, speak the
+        # rest", so closing before cancelling could start one more sentence.
         if task is not None and not task.done():
             await self.cancel_task(task)
+        if stream is not None:
+            stream.close()
 
     async def _cancel_token_streams(self) -> None:
         for context_id in list(self._token_tasks):
