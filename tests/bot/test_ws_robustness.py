@@ -51,7 +51,7 @@ async def test_malformed_messages_get_errors_and_the_session_goes_on(bot_server,
         # Same connection still works end to end.
         asked = await client.say(speech["question"])
         await client.wait_bot_audio(asked.end, timeout=15)
-        assert "paris" in client.final_transcripts()[-1].lower()
+        assert "time is it" in client.final_transcripts()[-1].lower()
 
 
 async def test_hang_up_mid_answer_cancels_the_pipeline(bot_server, speech):

@@ -120,6 +120,8 @@ def build_voice_pipeline(
         interim_secs=config.stt_interim_secs,
         stop_secs=config.vad_stop_secs,
         max_pause_secs=config.max_pause_secs,
+        short_turn_words=config.short_turn_words,
+        short_turn_pause_secs=config.short_turn_pause_secs,
     )
     messages: list[Any] = []
     if not config.uses_offline_responder and config.system_prompt:

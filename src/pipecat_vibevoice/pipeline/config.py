@@ -46,6 +46,11 @@ class BotConfig:
         end_windows: Consecutive quiet windows after speech that start the final
             transcription speculatively (before ``vad_stop_secs`` has passed).
         max_pause_secs: Silence after which a turn ends even if it sounds unfinished.
+        short_turn_words: A finished-sounding turn of at most this many words
+            ("Hello there.", "Stop, please.") ends only after ``short_turn_pause_secs``:
+            such openers are often followed by the rest of the sentence after a
+            comma-sized pause.
+        short_turn_pause_secs: Silence that ends such a short turn.
         smart_turn: Also ask Pipecat's bundled smart-turn model whether the turn is over
             (off by default: on synthetic test speech it often calls finished sentences
             unfinished, which costs ``max_pause_secs``).
@@ -71,6 +76,8 @@ class BotConfig:
     pause_timeout_secs: float = 0.6
     end_windows: int = 2
     max_pause_secs: float = 0.9
+    short_turn_words: int = 3
+    short_turn_pause_secs: float = 0.6
     smart_turn: bool = False
     llm_url: str | None = None
     llm_model: str = "llama3.2"
@@ -100,6 +107,13 @@ class BotConfig:
                 f"max_pause_secs ({self.max_pause_secs}) must be >= vad_stop_secs "
                 f"({self.vad_stop_secs})"
             )
+        if not self.vad_stop_secs <= self.short_turn_pause_secs <= self.max_pause_secs:
+            raise BotConfigError(
+                "short_turn_pause_secs must be within vad_stop_secs..max_pause_secs, got "
+                f"{self.short_turn_pause_secs}"
+            )
+        if self.short_turn_words < 0:
+            raise BotConfigError(f"short_turn_words must be >= 0, got {self.short_turn_words}")
         if self.onset_windows < 1 or self.end_windows < 1:
             raise BotConfigError("onset_windows and end_windows must be at least 1")
         if self.stt_threads < 1:
@@ -208,6 +222,18 @@ class BotConfig:
             help="silence that ends even an unfinished-sounding turn (default: %(default)s)",
         )
         g.add_argument(
+            "--short-turn-words",
+            type=int,
+            default=d["short_turn_words"].default,
+            help="turns of at most N words wait --short-turn-pause-secs (default: %(default)s)",
+        )
+        g.add_argument(
+            "--short-turn-pause-secs",
+            type=float,
+            default=d["short_turn_pause_secs"].default,
+            help="silence that ends a short turn (default: %(default)s)",
+        )
+        g.add_argument(
             "--smart-turn",
             action=argparse.BooleanOptionalAction,
             default=d["smart_turn"].default,
@@ -243,6 +269,8 @@ class BotConfig:
             onset_windows=args.onset_windows,
             pause_timeout_secs=args.pause_timeout_secs,
             max_pause_secs=args.max_pause_secs,
+            short_turn_words=args.short_turn_words,
+            short_turn_pause_secs=args.short_turn_pause_secs,
             smart_turn=args.smart_turn,
             llm_url=args.llm_url,
             llm_model=args.llm_model,

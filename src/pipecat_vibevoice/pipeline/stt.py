@@ -10,8 +10,9 @@ path. Here:
 * at the *probable* end of speech (a few quiet Silero windows, well before
   ``stop_secs``) the final transcript is started speculatively; when VAD confirms the
   stop it is usually ready. If the user speaks again it is dropped.
-* the turn then ends at once if it sounds finished, else after ``max_pause_secs``
-  of silence (see :mod:`.turns`); a resumed sentence stays one turn, one answer.
+* the turn then ends at once if it sounds finished, after ``short_turn_pause_secs``
+  if it is only a few words ("Hello there."), else after ``max_pause_secs`` of
+  silence (see :mod:`.turns`); a resumed sentence stays one turn, one answer.
 
 Exactly one finalized :class:`TranscriptionFrame` is pushed per user turn.
 """
@@ -74,6 +75,8 @@ class StreamingWhisperSTT(FrameProcessor):
         max_pause_secs: float = 0.9,
         preroll_secs: float = 0.5,
         onset_hold_secs: float = 0.5,
+        short_turn_words: int = 3,
+        short_turn_pause_secs: float = 0.6,
         user_id: str = "user",
         **kwargs: Any,
     ) -> None:
@@ -97,6 +100,8 @@ class StreamingWhisperSTT(FrameProcessor):
         self._finalize_task: asyncio.Task | None = None
         self._onset_at: float | None = None
         self._onset_hold = onset_hold_secs
+        self._short_turn_words = short_turn_words
+        self._short_turn_pause = short_turn_pause_secs
         self.turns = 0
 
     # -- frames ---------------------------------------------------------------------
@@ -242,10 +247,18 @@ class StreamingWhisperSTT(FrameProcessor):
             finished = probability >= 0.5
         ready_ms = (time.monotonic() - started) * 1000
         if not finished:
-            wait = self._max_pause - (time.monotonic() - silence_started)
+            target = self._max_pause
+        elif len(text.split()) <= self._short_turn_words:
+            # "Hello there." / "Stop, please." often open a longer sentence: give the
+            # speaker a comma-sized pause more before answering.
+            target = self._short_turn_pause
+        else:
+            target = 0.0
+        if target > 0:
+            wait = target - (time.monotonic() - silence_started)
             logger.debug(
-                f"{self}: turn sounds unfinished ({text!r}, smart-turn={probability}); "
-                f"waiting {max(0.0, wait):.2f}s for more"
+                f"{self}: turn may go on ({text!r}, finished={finished}, "
+                f"smart-turn={probability}); waiting {max(0.0, wait):.2f}s for more"
             )
             if wait > 0:
                 await asyncio.sleep(wait)
