@@ -146,13 +146,15 @@ def pct(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def start_server(port: int, max_active: int, threads: int) -> subprocess.Popen:
+def start_server(
+    port: int, max_active: int, threads: int, extra: list[str] | None = None
+) -> subprocess.Popen:
     env = dict(os.environ)
     cmd = [
         sys.executable, "-m", "pipecat_vibevoice.serving", "--port", str(port),
         "--engine", "piper", "--tts-cache-max-bytes", "0", "--tts-store-url", "none",
         "--tts-max-active-syntheses", str(max_active), "--tts-rate-limit-per-s", "0",
-        "--num-threads", str(threads), "--log-level", "WARNING",
+        "--num-threads", str(threads), "--log-level", "WARNING", *(extra or []),
     ]  # fmt: skip
     return subprocess.Popen(cmd, env=env)
 
@@ -177,7 +179,8 @@ async def main_async(args: argparse.Namespace) -> None:
     url = args.url
     if url is None:
         port = free_port()
-        proc = start_server(port, args.max_active, args.num_threads)
+        extra = [] if args.prebuffer_ms is None else ["--tts-prebuffer-ms", str(args.prebuffer_ms)]
+        proc = start_server(port, args.max_active, args.num_threads, extra)
         url = f"ws://127.0.0.1:{port}/v1/tts/stream"
     try:
         await wait_ready(url)
@@ -185,6 +188,7 @@ async def main_async(args: argparse.Namespace) -> None:
         await run_level(url, 1, 2, False)
         print(
             f"server: CPU voice (piper), cache off, max_active_syntheses={args.max_active}, "
+            f"prebuffer_ms={'default' if args.prebuffer_ms is None else args.prebuffer_ms}, "
             f"cores={os.cpu_count()}, load avg before={os.getloadavg()[0]:.2f}, "
             f"clients {'paced by playback' if args.pace else 'flat out (next speak on done)'}"
         )
@@ -226,6 +230,12 @@ def main() -> None:
         default=True,
         help="send the next sentence when the previous one has finished playing "
         "(--no-pace: as soon as 'done' arrives)",
+    )
+    parser.add_argument(
+        "--prebuffer-ms",
+        type=int,
+        default=None,
+        help="server's start-up buffer (default: the server's default)",
     )
     parser.add_argument("--url", default=None, help="measure this server instead of starting one")
     asyncio.run(main_async(parser.parse_args()))

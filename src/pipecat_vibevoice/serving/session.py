@@ -478,12 +478,19 @@ class TTSSession:
         )
         chunks = _engine_chunks(self.engine, text, voice, item.speed, item.pitch, item.options)
         gate = self.service.gate(self.engine)
+        # Start-up buffer: the first send waits for ``prebuffer_ms`` of audio, so the
+        # listener starts with more than one chunk in hand (see ServingSettings).
+        prebuffer_s = self.settings.prebuffer_ms / 1000
+        rate = self.engine.config.sample_rate
+        pending: list[tuple[bytes, float, float, str]] = []
+        pending_s = 0.0
         async with contextlib.aclosing(chunks):
             while True:
                 # Streamed text may make the engine wait for the client: never hold a
                 # slot then. Complete text goes through the deadline gate.
                 gated = not item.open
                 if gated:
+                    await self._hold_back(stats, gate.width)
                     await gate.acquire(self._deadline(stats))
                 try:
                     pcm, start_s, end_s, spoken = await anext(chunks)
@@ -492,10 +499,36 @@ class TTSSession:
                 finally:
                     if gated:
                         gate.release()
-                await self._emit(item, stats, pcm, start_s, end_s, spoken)
                 if keep:
                     collected.append(CachedChunk(pcm, start_s, end_s, spoken))
+                pending.append((pcm, start_s, end_s, spoken))
+                pending_s += len(pcm) / 2 / rate
+                if stats.first_sent is None and pending_s < prebuffer_s:
+                    continue
+                for chunk in pending:
+                    await self._emit(item, stats, *chunk)
+                pending.clear()
+            for chunk in pending:  # a short utterance that never filled the buffer
+                await self._emit(item, stats, *chunk)
         return collected
+
+    async def _hold_back(self, stats: ItemStats, width: int) -> None:
+        """Under contention, let a stream that is far ahead wait for its client.
+
+        Engine work units are not preemptible (a Piper window is up to ~3 s of audio);
+        when more streams synthesise than there are workers, a stream seconds ahead of
+        its listener would occupy a worker that a stream about to run dry needs. It
+        waits until its lead is back to ``max_lead_s``. Without contention it runs
+        flat out.
+        """
+        limit = self.settings.max_lead_s
+        if limit <= 0 or stats.first_sent is None:
+            return
+        while self.service.syntheses.in_use > width:
+            lead = self._deadline(stats) - time.perf_counter()
+            if lead <= limit:
+                return
+            await asyncio.sleep(min(lead - limit, 0.25))
 
     @staticmethod
     def _deadline(stats: ItemStats) -> float:

@@ -38,6 +38,11 @@ class ServingSettings:
             ``busy`` (0 = answer at once).
         engine_slots: Engine pulls in flight at once, ordered by deadline (0 = the
             engine's worker pool width); see :mod:`.scheduler`.
+        max_lead_s: When more utterances synthesise than the engine has workers, a
+            stream more than this many seconds ahead of its listener waits (0 = never).
+        prebuffer_ms: Audio gathered before an item's first chunk is sent: the listener
+            starts with that much in hand, at the cost of the time to make it (0 = send
+            the first chunk at once).
         max_queue: Items waiting on one connection (current one excluded).
         max_message_bytes: Largest client frame accepted.
         max_message_chars: Longest ``text`` in one ``speak``/``append``.
@@ -67,6 +72,8 @@ class ServingSettings:
     max_active_syntheses: int = 8
     admission_wait_s: float = 0.0
     engine_slots: int = 0
+    max_lead_s: float = 1.0
+    prebuffer_ms: int = 150
     max_queue: int = 32
     max_message_bytes: int = 65536
     max_message_chars: int = 5000
@@ -93,6 +100,7 @@ class ServingSettings:
             "max_connections",
             "max_queue",
             "engine_slots",
+            "prebuffer_ms",
             "cache_max_bytes",
             "cache_disk_max_bytes",
             "cache_max_text_chars",
@@ -112,6 +120,8 @@ class ServingSettings:
             raise ValueError("rate_limit_per_s and admission_wait_s must be >= 0")
         if self.rate_limit_per_s > 0 and self.rate_limit_burst < 1:
             raise ValueError("rate_limit_burst must be >= 1 when rate limiting is on")
+        if self.max_lead_s < 0:
+            raise ValueError(f"max_lead_s must be >= 0, got {self.max_lead_s}")
         if self.open_idle_s <= 0:
             raise ValueError(f"open_idle_s must be > 0, got {self.open_idle_s}")
         if self.send_timeout_s <= 0:
@@ -181,6 +191,8 @@ _HELP = {
     "max_active_syntheses": "utterances synthesising at once before 'busy'",
     "admission_wait_s": "seconds an utterance may wait for a synthesis slot",
     "engine_slots": "engine pulls in flight, earliest deadline first (0 = pool width)",
+    "max_lead_s": "under contention, hold back streams this far ahead (0 = off)",
+    "prebuffer_ms": "audio gathered before the first chunk goes out",
     "max_queue": "queued utterances per connection",
     "max_message_bytes": "largest client frame",
     "max_message_chars": "longest text in one message",
