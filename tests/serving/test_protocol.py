@@ -199,6 +199,8 @@ async def test_rate_limit_answers_error_and_keeps_serving(make_server) -> None:
     await client.send(type="speak", id="r1", text="Over the limit.")
     err = await client.next_event("error")
     assert err["reason"] == "rate_limited"
+    await client.send(type="cancel")  # never rate limited: stopping must always work
+    assert (await client.next_event())["type"] == "cancelled"
     await asyncio.sleep(2.1)  # one token back
     await client.send(type="speak", id="r2", text="Allowed again.")
     result = await client.collect(["r2"])

@@ -254,7 +254,8 @@ class TTSSession:
                 f"messages are limited to {self.settings.max_message_bytes} bytes",
             )
             return
-        if not self.bucket.allow():
+        limited = not self.bucket.allow()
+        if limited and '"cancel"' not in text:  # a cancel always gets through
             await self.send_error(
                 "rate_limited", f"more than {self.settings.rate_limit_per_s:g} messages per second"
             )
@@ -263,6 +264,11 @@ class TTSSession:
             msg = parse_message(text, self.settings.max_message_chars)
         except ProtocolError as exc:
             await self.send_error(exc.reason, str(exc), exc.request_id)
+            return
+        if limited and not isinstance(msg, Cancel):
+            await self.send_error(
+                "rate_limited", f"more than {self.settings.rate_limit_per_s:g} messages per second"
+            )
             return
         if isinstance(msg, Cancel):
             await self._cancel(msg.id)
