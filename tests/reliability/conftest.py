@@ -48,3 +48,62 @@ def tts_server(
     yield server, engine, backend
     server.stop()
     asyncio.run(engine.cleanup())
+
+
+MIC_RATE = 16000
+#: What the test user says (16 kHz Piper speech, made at test time).
+USER_PHRASES = {
+    "question": "What time is it in Paris right now?",
+    "hello": "Hello there, can you hear me?",
+    "story": "Please tell me a long story about a brave little dog.",
+}
+
+
+@pytest.fixture(scope="session")
+def user_speech() -> dict[str, Any]:
+    """The user's phrases as int16 16 kHz arrays, synthesised by our engine."""
+    from pipecat_vibevoice.engine import TTSConfig
+
+    async def make() -> dict[str, Any]:
+        engine = TTSEngine(TTSConfig(engine="piper", sample_rate=MIC_RATE))
+        await engine.initialize()
+        try:
+            return {k: await engine.synthesize(t) for k, t in USER_PHRASES.items()}
+        finally:
+            await engine.cleanup()
+
+    return asyncio.run(make())
+
+
+def start_bot_server(
+    bot_config: Any = None, models: Any = None, engine: TTSEngine | None = None
+) -> LoopServer:
+    """The voice bot's app (``WS /ws``, ``GET /health``) in this process.
+
+    Shared models are loaded on the server's loop before it serves (or ``models`` are
+    reused), so a test can swap in a faulty engine or transcriber.
+    """
+    from pipecat_vibevoice.pipeline import BotConfig, load_shared_models
+    from pipecat_vibevoice.transports import create_app
+    from pipecat_vibevoice.transports.settings import ServerSettings
+
+    config = bot_config or BotConfig()
+    app = create_app(ServerSettings(bot=config))
+
+    async def load(server: LoopServer) -> None:
+        shared = models or await load_shared_models(config, engine=engine)
+        server.app.state.models = shared
+        server.app.state.engine = shared.tts
+
+    return LoopServer(app, before_serve=load).start()
+
+
+@pytest.fixture(scope="module")
+def bot_server() -> Iterator[tuple[LoopServer, TTSEngine, FaultyPiper]]:
+    """One in-process bot over a faulty-Piper engine per module."""
+    engine, backend = faulty_engine()
+    server = start_bot_server(engine=engine)
+    yield server, engine, backend
+    server.stop()
+    server.app.state.models.transcriber.close()
+    asyncio.run(engine.cleanup())

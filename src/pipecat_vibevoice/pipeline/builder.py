@@ -30,6 +30,7 @@ from pipecat.turns.user_start import VADUserTurnStartStrategy
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
 from .config import BotConfig
+from .errors import LLM_FAILED, STT_FAILED, ErrorAnnouncer
 from .models import SharedModels
 from .responder import OfflineResponder
 from .stt import StreamingWhisperSTT
@@ -139,10 +140,15 @@ def build_voice_pipeline(
     )
     llm = make_llm(config)
     tts = (tts_factory or default_tts_factory)(models, config)
+    # Upstream of STT and LLM: their errors pass it on the way to the source.
+    announcer = ErrorAnnouncer()
+    announcer.watch(stt, STT_FAILED)
+    announcer.watch(llm, LLM_FAILED)
     pipeline = Pipeline(
         [
             transport.input(),
             gate,
+            announcer,
             stt,
             aggregators.user(),
             llm,

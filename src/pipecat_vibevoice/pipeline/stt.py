@@ -232,13 +232,18 @@ class StreamingWhisperSTT(FrameProcessor):
         try:
             if reused:
                 text = await spec.task
+                if text is None:
+                    # The speculative run raised (pipecat's task manager logs it and
+                    # returns None): transcribe once more before giving up.
+                    text = await self._transcriber.transcribe(audio, Transcriber.FINAL)
             else:
                 text = await self._transcriber.transcribe(audio, Transcriber.FINAL)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            logger.error(f"{self}: transcription failed: {exc!r}")
+            # Reported upstream: the client gets an error and the bot says so.
             self._end_turn()
+            await self.push_error(f"speech recognition failed: {exc}", exception=exc)
             return
         finished = text_sounds_finished(text)
         probability = None
