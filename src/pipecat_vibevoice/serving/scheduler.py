@@ -1,63 +1,126 @@
-"""Earliest-deadline-first admission of engine work across connections.
+"""Earliest-deadline-first model work across all connections.
 
-The engine runs backends in a small FIFO thread pool, one unit of model work per
-call. With many streams, FIFO gives every stream the same share, so a stream whose
-client is about to run dry waits behind one that has seconds of audio buffered, and
-new utterances wait behind everyone (slow first chunk). Here each pull of the next
-chunk waits for one of ``width`` slots (the pool's width), and a freed slot goes to
-the waiting pull whose client runs out of audio soonest:
+The engine runs each unit of model work (one backend chunk) as one call in its thread
+pool. A plain ``ThreadPoolExecutor`` runs those calls first come, first served, so
+with many streams a stream whose listener is about to run dry waits behind streams
+with seconds of audio buffered, and a new utterance waits behind everyone (slow first
+chunk). :class:`DeadlineExecutor` replaces the engine's pool with one that runs the
+queued call whose stream runs dry first:
 
-* a playing stream's deadline is when its delivered audio ends (first send + audio sent);
+* a playing stream's deadline is when the audio it has delivered ends;
 * a new utterance's deadline is its start plus a small slack, so it goes ahead of
-  streams with more than that buffered (fast first chunk) but not of one about to
-  underrun.
+  streams with more than that buffered but not of one about to underrun;
+* callers that set no deadline (the voice bot's own pipelines) get "now", i.e. they
+  are served in arrival order among themselves and ahead of streams with audio in hand.
 
-Work-conserving: with nothing else waiting, a stream far ahead still runs at once.
+The deadline travels in a context variable: the serving session sets it before it
+pulls the next chunk, and the engine's ``run_in_executor`` call (made in the same
+task) submits here, where it is read. Only calls that do model work wait; chunks the
+engine already has are handed over without touching the pool.
 """
 
 from __future__ import annotations
 
-import asyncio
+import contextvars
 import heapq
 import itertools
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from typing import Any
+
+from loguru import logger
 
 #: How long a new utterance may yield to streams that are about to run dry.
 FIRST_CHUNK_SLACK_S = 0.1
 
+#: ``time.perf_counter()`` by which the calling stream needs its next chunk.
+DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "tts_deadline", default=None
+)
 
-class DeadlineGate:
-    """At most ``width`` holders at once; waiters are served by earliest deadline."""
 
-    def __init__(self, width: int) -> None:
-        self.width = max(1, width)
-        self.running = 0
-        self._waiting: list[tuple[float, int, asyncio.Future[None]]] = []
+class DeadlineExecutor(Executor):
+    """A fixed pool of worker threads that runs the most urgent call first."""
+
+    def __init__(self, workers: int, name: str = "tts-edf") -> None:
+        self._max_workers = max(1, workers)  # same attribute as ThreadPoolExecutor
+        self._queue: list[tuple[float, int, Future, Callable[..., Any], tuple, dict]] = []
         self._order = itertools.count()
+        self._cv = threading.Condition()
+        self._shutdown = False
+        self._threads = [
+            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
+            for i in range(self._max_workers)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     @property
-    def waiting(self) -> int:
-        """Pulls queued for a slot."""
-        return sum(1 for *_, fut in self._waiting if not fut.done())
+    def queued(self) -> int:
+        """Calls waiting for a worker."""
+        with self._cv:
+            return len(self._queue)
 
-    async def acquire(self, deadline: float) -> None:
-        """Wait for a slot; ``deadline`` (perf_counter seconds) orders the waiters."""
-        if self.running < self.width and not self.waiting:
-            self.running += 1
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiting, (deadline, next(self._order), future))
-        try:
-            await future
-        except asyncio.CancelledError:
-            if future.done() and not future.cancelled():
-                self.release()  # the slot was handed over as we were cancelled
-            raise
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        """Queue ``fn`` under the caller's :data:`DEADLINE` (now if unset)."""
+        deadline = DEADLINE.get()
+        if deadline is None:
+            deadline = time.perf_counter()
+        future: Future = Future()
+        with self._cv:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            heapq.heappush(self._queue, (deadline, next(self._order), future, fn, args, kwargs))
+            self._cv.notify()
+        return future
 
-    def release(self) -> None:
-        """Hand the slot to the most urgent waiter, or free it."""
-        while self._waiting:
-            _, _, future = heapq.heappop(self._waiting)
-            if not future.done():
-                future.set_result(None)
-                return
-        self.running = max(0, self.running - 1)
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop the workers (after the queue drains, unless ``cancel_futures``)."""
+        with self._cv:
+            self._shutdown = True
+            if cancel_futures:
+                for *_, future, _fn, _args, _kwargs in self._queue:
+                    future.cancel()
+                self._queue.clear()
+            self._cv.notify_all()
+        if wait:
+            for thread in self._threads:
+                thread.join()
+
+    def _work(self) -> None:
+        while True:
+            with self._cv:
+                while not self._queue and not self._shutdown:
+                    self._cv.wait()
+                if not self._queue:
+                    return
+                _, _, future, fn, args, kwargs = heapq.heappop(self._queue)
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except BaseException as exc:  # handed to the caller, like ThreadPoolExecutor
+                future.set_exception(exc)
+
+
+def install_deadline_executor(engine: Any, workers: int = 0) -> DeadlineExecutor | None:
+    """Put a :class:`DeadlineExecutor` in front of ``engine``'s model calls.
+
+    Uses the engine's pool attribute (``engine._executor``, documented as its bounded
+    worker pool) because the engine takes no executor from outside; the old pool is
+    shut down once its running calls end. Same width unless ``workers`` is given.
+    Returns the executor (None when the engine has no pool, i.e. is not initialised).
+    """
+    current = getattr(engine, "_executor", None)
+    if current is None:
+        return None
+    if isinstance(current, DeadlineExecutor):
+        return current
+    width = workers or getattr(current, "_max_workers", 2)
+    executor = DeadlineExecutor(width)
+    engine._executor = executor
+    current.shutdown(wait=False)
+    logger.info(f"TTS engine pool: earliest-deadline-first, {width} workers")
+    return executor

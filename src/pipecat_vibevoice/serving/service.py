@@ -16,7 +16,7 @@ from ..engine import TTSConfig, TTSEngine, get_tts_engine
 from .cache import ResponseCache
 from .limits import SlotPool
 from .metrics import ServingMetrics
-from .scheduler import DeadlineGate
+from .scheduler import install_deadline_executor
 from .settings import ServingSettings
 from .store import NullStore, SynthesisStore, open_store
 
@@ -45,7 +45,6 @@ class TTSService:
         self.syntheses = SlotPool(settings.max_active_syntheses)
         self.connections = SlotPool(settings.max_connections)
         self.started = False
-        self._gate: DeadlineGate | None = None
 
     def _hit_ratio(self) -> float:
         total = self.cache.hits + self.cache.misses
@@ -88,14 +87,13 @@ class TTSService:
                     if config is None and app_state is not None:
                         config = getattr(getattr(app_state, "settings", None), "tts", None)
                     self._engine = await get_tts_engine(config)
+                if self.settings.edf:
+                    install_deadline_executor(self._engine, self.settings.engine_workers)
         return self._engine
 
-    def gate(self, engine: TTSEngine) -> DeadlineGate:
-        """The deadline gate in front of ``engine``'s worker pool (as wide as the pool)."""
-        if self._gate is None:
-            width = self.settings.engine_slots or getattr(engine._executor, "_max_workers", 2)
-            self._gate = DeadlineGate(width)
-        return self._gate
+    def engine_width(self, engine: TTSEngine) -> int:
+        """Model calls the engine runs at once (its pool's workers)."""
+        return max(1, getattr(engine._executor, "_max_workers", 2))
 
     def identity(self, engine: TTSEngine) -> dict[str, Any]:
         """What, beyond the request, decides the audio (part of every cache key)."""

@@ -40,7 +40,7 @@ from .protocol import (
     new_id,
     parse_message,
 )
-from .scheduler import FIRST_CHUNK_SLACK_S
+from .scheduler import DEADLINE, FIRST_CHUNK_SLACK_S
 from .service import TTSService
 from .store import SynthesisRecord
 
@@ -483,7 +483,7 @@ class TTSSession:
             sample_rate=self.engine.config.sample_rate,
         )
         chunks = _engine_chunks(self.engine, text, voice, item.speed, item.pitch, item.options)
-        gate = self.service.gate(self.engine)
+        width = self.service.engine_width(self.engine)
         # Start-up buffer: the first send waits for ``prebuffer_ms`` of audio, so the
         # listener starts with more than one chunk in hand (see ServingSettings).
         prebuffer_s = self.settings.prebuffer_ms / 1000
@@ -492,19 +492,13 @@ class TTSSession:
         pending_s = 0.0
         async with contextlib.aclosing(chunks):
             while True:
-                # Streamed text may make the engine wait for the client: never hold a
-                # slot then. Complete text goes through the deadline gate.
-                gated = not item.open
-                if gated:
-                    await self._hold_back(stats, gate.width)
-                    await gate.acquire(self._deadline(stats))
+                await self._hold_back(stats, width)
+                # Read by the engine pool when this pull needs model work (.scheduler).
+                DEADLINE.set(self._deadline(stats))
                 try:
                     pcm, start_s, end_s, spoken = await anext(chunks)
                 except StopAsyncIteration:
                     break
-                finally:
-                    if gated:
-                        gate.release()
                 if keep:
                     collected.append(CachedChunk(pcm, start_s, end_s, spoken))
                 pending.append((pcm, start_s, end_s, spoken))
@@ -538,7 +532,7 @@ class TTSSession:
 
     @staticmethod
     def _deadline(stats: ItemStats) -> float:
-        """When this item's client runs out of audio (see :mod:`.scheduler`)."""
+        """When this item's listener runs out of audio (see :mod:`.scheduler`)."""
         if stats.first_sent is None:
             return stats.started + FIRST_CHUNK_SLACK_S
         return stats.first_sent + stats.audio_s

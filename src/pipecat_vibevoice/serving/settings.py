@@ -36,8 +36,9 @@ class ServingSettings:
             server from slowing everyone down.
         admission_wait_s: How long an utterance may wait for a synthesis slot before
             ``busy`` (0 = answer at once).
-        engine_slots: Engine pulls in flight at once, ordered by deadline (0 = the
-            engine's worker pool width); see :mod:`.scheduler`.
+        edf: Run the engine's model calls earliest-deadline-first across connections
+            (see :mod:`.scheduler`); off keeps the engine's first-come pool.
+        engine_workers: Threads of that pool (0 = the engine's own width).
         max_lead_s: When more utterances synthesise than the engine has workers, a
             stream more than this many seconds ahead of its listener waits (0 = never).
         prebuffer_ms: Audio gathered before an item's first chunk is sent: the listener
@@ -71,7 +72,8 @@ class ServingSettings:
     max_connections: int = 64
     max_active_syntheses: int = 8
     admission_wait_s: float = 0.0
-    engine_slots: int = 0
+    edf: bool = True
+    engine_workers: int = 0
     max_lead_s: float = 1.0
     prebuffer_ms: int = 150
     max_queue: int = 32
@@ -99,7 +101,7 @@ class ServingSettings:
         for name in (
             "max_connections",
             "max_queue",
-            "engine_slots",
+            "engine_workers",
             "prebuffer_ms",
             "cache_max_bytes",
             "cache_disk_max_bytes",
@@ -190,7 +192,8 @@ _HELP = {
     "max_connections": "open TTS sockets before 'busy' (0 = no limit)",
     "max_active_syntheses": "utterances synthesising at once before 'busy'",
     "admission_wait_s": "seconds an utterance may wait for a synthesis slot",
-    "engine_slots": "engine pulls in flight, earliest deadline first (0 = pool width)",
+    "edf": "earliest-deadline-first engine pool: 1 = on, 0 = engine's FIFO pool",
+    "engine_workers": "threads of the engine pool (0 = the engine's own width)",
     "max_lead_s": "under contention, hold back streams this far ahead (0 = off)",
     "prebuffer_ms": "audio gathered before the first chunk goes out",
     "max_queue": "queued utterances per connection",
@@ -212,7 +215,18 @@ _HELP = {
 }
 
 
+def _bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
 def _cli_type(type_name: str):
+    if type_name.startswith("bool"):
+        return _bool
     if type_name.startswith("int"):
         return int
     if type_name.startswith("float"):
@@ -222,7 +236,7 @@ def _cli_type(type_name: str):
 
 def _parse(name: str, type_name: str, raw: str) -> Any:
     try:
-        return _cli_type(type_name)(raw.strip() if type_name[:3] in ("int", "flo") else raw)
+        return _cli_type(type_name)(raw.strip() if type_name[:3] in ("int", "flo", "boo") else raw)
     except ValueError:
         raise ValueError(
             f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {type_name.split()[0]}"
