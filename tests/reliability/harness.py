@@ -151,6 +151,16 @@ def thread_names() -> list[str]:
     return sorted(t.name for t in threading.enumerate())
 
 
+def counted_threads() -> int:
+    """Live threads, less the event loops' default-executor threads (``asyncio_N``).
+
+    Those belong to bounded pools that keep idle workers by design, and the test's own
+    ``asyncio.to_thread`` calls start them; every other thread (engine workers, store
+    writer, transcriber, anything a session might leak) is counted.
+    """
+    return sum(1 for t in threading.enumerate() if not t.name.startswith("asyncio_"))
+
+
 @contextlib.contextmanager
 def captured_logs(level: str = "DEBUG") -> Iterator[list[dict[str, Any]]]:
     """Collect loguru records (level name and message) while the block runs."""

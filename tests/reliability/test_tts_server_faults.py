@@ -17,14 +17,19 @@ import json
 import os
 import shutil
 import subprocess
-import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 from reliability.conftest import start_tts_server
-from reliability.harness import LONG_TEXT, captured_logs, thread_names, wait_until
+from reliability.harness import (
+    LONG_TEXT,
+    captured_logs,
+    counted_threads,
+    thread_names,
+    wait_until,
+)
 from serving.tts_harness import open_client
 
 
@@ -53,7 +58,7 @@ async def test_hang_up_mid_utterance_stops_generation_and_leaves_nothing(tts_ser
     await _speak_ok(server.url, "warm", "Warm the worker pool first.")
     await asyncio.sleep(0.3)
     tasks_before = await asyncio.to_thread(server.tasks)
-    threads_before = threading.active_count()
+    threads_before = counted_threads()
     requests_before = len(backend.requests)
 
     client = await open_client(server.url)
@@ -75,9 +80,7 @@ async def test_hang_up_mid_utterance_stops_generation_and_leaves_nothing(tts_ser
     assert started_after <= 1, f"{started_after} pieces of model work after the hang-up"
     assert total < 12, f"{total} pieces for an abandoned utterance"
     assert tasks_after == tasks_before, f"leftover tasks: {tasks_after} vs {tasks_before}"
-    assert await wait_until(lambda: threading.active_count() <= threads_before, timeout=5), (
-        thread_names()
-    )
+    assert await wait_until(lambda: counted_threads() <= threads_before, timeout=5), thread_names()
     health = await engine.health_check()
     assert health["active_streams"] == 0
     # The server is fine: the next client is served in full.

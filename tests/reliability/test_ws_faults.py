@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from typing import Any
 
@@ -26,7 +25,7 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from reliability.conftest import start_bot_server
-from reliability.harness import LoopServer, thread_names, wait_until
+from reliability.harness import LoopServer, counted_threads, thread_names, wait_until
 
 from pipecat_vibevoice.pipeline import Transcriber
 from pipecat_vibevoice.transports.client import VoiceClient
@@ -59,7 +58,7 @@ async def test_hang_up_while_the_bot_talks_leaves_no_work_task_or_thread(
     assert await wait_until(lambda: live_sessions(server) == 0)
     await asyncio.sleep(1.0)
     tasks_before = await asyncio.to_thread(server.tasks)
-    threads_before = threading.active_count()
+    threads_before = counted_threads()
     failed_before = server.app.state.sessions.failed
 
     client = VoiceClient(ws_url(server))
@@ -76,9 +75,7 @@ async def test_hang_up_while_the_bot_talks_leaves_no_work_task_or_thread(
     await asyncio.sleep(0.5)
     assert backend.requests_after(hung_up) <= 1, "TTS kept working after the hang-up"
     assert tasks_after == tasks_before, f"leftover tasks: {set(tasks_after) - set(tasks_before)}"
-    assert await wait_until(lambda: threading.active_count() <= threads_before, timeout=5), (
-        thread_names()
-    )
+    assert await wait_until(lambda: counted_threads() <= threads_before, timeout=5), thread_names()
     assert server.app.state.sessions.failed == failed_before
     assert (await engine.health_check())["active_streams"] == 0
 
