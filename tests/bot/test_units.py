@@ -140,6 +140,31 @@ def test_config_validation_and_cli():
     assert isinstance(args, argparse.Namespace)
 
 
+def _gate_and_frames(audio: np.ndarray):
+    from pipecat_vibevoice.pipeline.models import _pipecat_data_file, load_onnx_session
+    from pipecat_vibevoice.pipeline.vad import SharedSileroVADAnalyzer, SpeechGate
+
+    session = load_onnx_session(_pipecat_data_file("pipecat.audio.vad.data", "silero_vad.onnx"))
+    frames = [
+        InputAudioRawFrame(audio=audio[i : i + 320].tobytes(), sample_rate=16000, num_channels=1)
+        for i in range(0, len(audio) - 319, 320)
+    ]
+    return SpeechGate(SharedSileroVADAnalyzer(session)), frames
+
+
+@pytest.mark.timeout(60)
+async def test_speech_gate_flushes_itself_when_speech_resumes_an_open_turn(speech):
+    """Inside an open user turn Pipecat sends no interruption: the gate flushes."""
+    from pipecat.frames.frames import UserStartedSpeakingFrame
+    from pipecat.tests.utils import run_test
+
+    audio = np.concatenate([np.zeros(8000, np.int16), speech["question"]])
+    gate, frames = _gate_and_frames(audio)
+    down, _ = await run_test(gate, frames_to_send=[UserStartedSpeakingFrame(), *frames])
+    types = [f.message["type"] for f in down if isinstance(f, OutputTransportMessageUrgentFrame)]
+    assert types[:2] == ["playback-pause", "playback-flush"]
+
+
 @pytest.mark.timeout(60)
 async def test_speech_gate_pauses_early_and_announces_speech(speech):
     """Onset (→ pause message) comes before Pipecat's confirmed VAD start."""
@@ -168,5 +193,6 @@ async def test_speech_gate_pauses_early_and_announces_speech(speech):
     messages = [f.message for f in down if isinstance(f, OutputTransportMessageUrgentFrame)]
     types = [m["type"] for m in messages]
     assert types[0] == "playback-pause"
-    assert "playback-flush" in types  # confirmed after the pause
+    # No user turn was open: Pipecat's interruption flushes, the gate stays quiet.
+    assert "playback-flush" not in types and "playback-resume" not in types
     assert any(m["type"] == "error" and "44100" in m["data"]["error"] for m in messages)

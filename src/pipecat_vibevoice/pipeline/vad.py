@@ -33,6 +33,8 @@ from pipecat.frames.frames import (
     OutputTransportMessageUrgentFrame,
     StartFrame,
     UserSpeakingFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
     VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
 )
@@ -112,6 +114,7 @@ class SpeechGate(FrameProcessor):
         self._probable_end = False
         self._paused_at: float | None = None
         self._bot_speaking = False
+        self._user_turn_open = False  # Pipecat's user turn (from the aggregator)
         self._last_activity = 0.0
         self._rate_warned = False
         self.pauses = 0
@@ -134,6 +137,10 @@ class SpeechGate(FrameProcessor):
             self._bot_speaking = True
         elif isinstance(frame, BotStoppedSpeakingFrame):
             self._bot_speaking = False
+        elif isinstance(frame, UserStartedSpeakingFrame):
+            self._user_turn_open = True
+        elif isinstance(frame, UserStoppedSpeakingFrame):
+            self._user_turn_open = False
         await self.push_frame(frame, direction)
         if isinstance(frame, StartFrame):
             self._analyzer.set_sample_rate(self._expected_rate)
@@ -159,11 +166,14 @@ class SpeechGate(FrameProcessor):
             if new_state == VADState.SPEAKING:
                 logger.debug(f"{self}: user started speaking")
                 if self._paused_at is not None:
-                    # Confirmed: what the client holds is stale. A new turn also gets
-                    # Pipecat's interruption; a turn resumed after a pause gets none,
-                    # so the gate must say it.
+                    # Confirmed: what the client holds is stale. A new user turn gets
+                    # Pipecat's interruption, which the output transport sends after
+                    # the last stale chunk (so nothing old sneaks in after it); a turn
+                    # resumed after a pause gets none, and the bot is silent then, so
+                    # the gate says it itself.
                     self._paused_at = None
-                    await self._send_client(client_message("playback-flush"))
+                    if self._user_turn_open:
+                        await self._send_client(client_message("playback-flush"))
                 await self.broadcast_frame(
                     VADUserStartedSpeakingFrame, start_secs=self._analyzer.params.start_secs
                 )
