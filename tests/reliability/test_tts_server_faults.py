@@ -52,16 +52,9 @@ async def _speak_ok(url: str, rid: str, text: str) -> int:
     return len(result[rid].audio)
 
 
-@pytest.mark.parametrize("how", ["close", "abort"])
-async def test_hang_up_mid_utterance_stops_generation_and_leaves_nothing(tts_server, how) -> None:
-    server, engine, backend = tts_server
-    await _speak_ok(server.url, "warm", "Warm the worker pool first.")
-    await asyncio.sleep(0.3)
-    tasks_before = await asyncio.to_thread(server.tasks)
-    threads_before = counted_threads()
-    requests_before = len(backend.requests)
-
-    client = await open_client(server.url)
+async def _hang_up(url: str, how: str) -> float:
+    """Ask for a long utterance, hang up after its first chunk; returns when."""
+    client = await open_client(url)
     await client.send(type="speak", id="gone", text=LONG_TEXT)
     await client.next_event("chunk")
     hung_up = time.monotonic()
@@ -69,6 +62,24 @@ async def test_hang_up_mid_utterance_stops_generation_and_leaves_nothing(tts_ser
         await client.ws.close()  # a polite close frame
     else:
         client.ws.transport.abort()  # the TCP connection just vanishes
+    return hung_up
+
+
+@pytest.mark.parametrize("how", ["close", "abort"])
+async def test_hang_up_mid_utterance_stops_generation_and_leaves_nothing(tts_server, how) -> None:
+    server, engine, backend = tts_server
+    # Warm-up, unmeasured: the engine's worker pool (bounded: one per core, at most 4)
+    # starts its threads on first use, including the one that closes a stream.
+    await _speak_ok(server.url, "warm", "Warm the worker pool first.")
+    await _hang_up(server.url, how)
+    assert await wait_until(lambda: backend.open_streams == 0, timeout=15)
+    await asyncio.sleep(0.5)
+    tasks_before = await asyncio.to_thread(server.tasks)
+    threads_before = counted_threads()
+    names_before = thread_names()
+    requests_before = len(backend.requests)
+
+    hung_up = await _hang_up(server.url, how)
 
     assert await wait_until(lambda: backend.open_streams == 0, timeout=15), "stream left open"
     tasks_after = await server.wait_tasks(len(tasks_before))
@@ -80,7 +91,9 @@ async def test_hang_up_mid_utterance_stops_generation_and_leaves_nothing(tts_ser
     assert started_after <= 1, f"{started_after} pieces of model work after the hang-up"
     assert total < 12, f"{total} pieces for an abandoned utterance"
     assert tasks_after == tasks_before, f"leftover tasks: {tasks_after} vs {tasks_before}"
-    assert await wait_until(lambda: counted_threads() <= threads_before, timeout=5), thread_names()
+    assert await wait_until(lambda: counted_threads() <= threads_before, timeout=5), (
+        f"threads before {names_before}, after {thread_names()}"
+    )
     health = await engine.health_check()
     assert health["active_streams"] == 0
     # The server is fine: the next client is served in full.
