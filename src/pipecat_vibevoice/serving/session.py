@@ -484,32 +484,61 @@ class TTSSession:
         )
         chunks = _engine_chunks(self.engine, text, voice, item.speed, item.pitch, item.options)
         width = self.service.engine_width(self.engine)
-        # Start-up buffer: the first send waits for ``prebuffer_ms`` of audio, so the
-        # listener starts with more than one chunk in hand (see ServingSettings).
+        # Start-up buffer: the first send waits for ``prebuffer_ms`` of audio, but no
+        # longer than ``prebuffer_wait_ms`` after the first chunk was ready, so the
+        # listener usually starts with more than one chunk in hand at a bounded cost.
         prebuffer_s = self.settings.prebuffer_ms / 1000
+        wait_s = self.settings.prebuffer_wait_ms / 1000
         rate = self.engine.config.sample_rate
         pending: list[tuple[bytes, float, float, str]] = []
         pending_s = 0.0
-        async with contextlib.aclosing(chunks):
-            while True:
-                await self._hold_back(stats, width)
-                # Read by the engine pool when this pull needs model work (.scheduler).
-                DEADLINE.set(self._deadline(stats))
-                try:
-                    pcm, start_s, end_s, spoken = await anext(chunks)
-                except StopAsyncIteration:
-                    break
-                if keep:
-                    collected.append(CachedChunk(pcm, start_s, end_s, spoken))
-                pending.append((pcm, start_s, end_s, spoken))
-                pending_s += len(pcm) / 2 / rate
-                if stats.first_sent is None and pending_s < prebuffer_s:
-                    continue
-                for chunk in pending:
-                    await self._emit(item, stats, *chunk)
-                pending.clear()
-            for chunk in pending:  # a short utterance that never filled the buffer
+        ready_at = 0.0
+        pull: asyncio.Task | None = None
+
+        async def flush() -> None:
+            nonlocal pending_s
+            for chunk in pending:
                 await self._emit(item, stats, *chunk)
+            pending.clear()
+            pending_s = 0.0
+
+        async with contextlib.aclosing(chunks):
+            try:
+                while True:
+                    if pull is None:
+                        await self._hold_back(stats, width)
+                        # Read by the engine pool if this pull needs model work.
+                        DEADLINE.set(self._deadline(stats))
+                        if not (stats.first_sent is None and pending):
+                            got = await _next(chunks)
+                        else:  # filling the start-up buffer: pull with a time limit
+                            pull = asyncio.ensure_future(_next(chunks))
+                    if pull is not None:
+                        left = ready_at + wait_s - time.perf_counter()
+                        if left > 0 and not pull.done():
+                            await asyncio.wait({pull}, timeout=left)
+                        if not pull.done():
+                            await flush()  # waited long enough: start with what we have
+                        got = await pull
+                        pull = None
+                    if got is None:
+                        break
+                    pcm, start_s, end_s, spoken = got
+                    if keep:
+                        collected.append(CachedChunk(pcm, start_s, end_s, spoken))
+                    if not pending:
+                        ready_at = time.perf_counter()
+                    pending.append(got)
+                    pending_s += len(pcm) / 2 / rate
+                    if stats.first_sent is None and pending_s < prebuffer_s:
+                        continue
+                    await flush()
+                await flush()  # a short utterance that never filled the buffer
+            finally:
+                if pull is not None and not pull.done():
+                    pull.cancel()  # closes the engine stream inside it
+                    with contextlib.suppress(BaseException):
+                        await pull
         return collected
 
     async def _hold_back(self, stats: ItemStats, width: int) -> None:
@@ -646,6 +675,14 @@ class TTSSession:
             )
         except Exception as exc:  # the store must never break the audio path
             self.log.warning(f"could not record synthesis {item.id}: {exc!r}")
+
+
+async def _next(chunks: AsyncIterator[Any]) -> Any:
+    """The next item of ``chunks``, or None at the end (a task cannot raise StopAsyncIteration)."""
+    try:
+        return await anext(chunks)
+    except StopAsyncIteration:
+        return None
 
 
 async def _engine_chunks(

@@ -44,6 +44,8 @@ class ServingSettings:
         prebuffer_ms: Audio gathered before an item's first chunk is sent: the listener
             starts with that much in hand, at the cost of the time to make it (0 = send
             the first chunk at once).
+        prebuffer_wait_ms: ...but never longer than this after the first chunk was
+            ready: the cost in first-chunk latency is bounded by it.
         max_queue: Items waiting on one connection (current one excluded).
         max_message_bytes: Largest client frame accepted.
         max_message_chars: Longest ``text`` in one ``speak``/``append``.
@@ -76,6 +78,7 @@ class ServingSettings:
     engine_workers: int = 0
     max_lead_s: float = 1.0
     prebuffer_ms: int = 150
+    prebuffer_wait_ms: int = 60
     max_queue: int = 32
     max_message_bytes: int = 65536
     max_message_chars: int = 5000
@@ -103,6 +106,7 @@ class ServingSettings:
             "max_queue",
             "engine_workers",
             "prebuffer_ms",
+            "prebuffer_wait_ms",
             "cache_max_bytes",
             "cache_disk_max_bytes",
             "cache_max_text_chars",
@@ -196,6 +200,7 @@ _HELP = {
     "engine_workers": "threads of the engine pool (0 = the engine's own width)",
     "max_lead_s": "under contention, hold back streams this far ahead (0 = off)",
     "prebuffer_ms": "audio gathered before the first chunk goes out",
+    "prebuffer_wait_ms": "longest the start-up buffer may delay the first chunk",
     "max_queue": "queued utterances per connection",
     "max_message_bytes": "largest client frame",
     "max_message_chars": "longest text in one message",
