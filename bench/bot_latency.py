@@ -66,9 +66,11 @@ async def run_chain(url: str, phrases: list, trials: int, seed: int, verbose: bo
             barge.append(0.0 if last is None else last - onset)
             if verbose:
                 p = client.player
-                print(f"  trial {len(barge):2d}: barge-in {barge[-1] * 1000:4.0f} ms; pauses "
-                      f"{_rel(p.pauses, onset, utt.end)} resumes {_rel(p.resumes, onset, utt.end)}"
-                      f" flushes {_rel(p.flushes, onset, utt.end)}")
+                print(
+                    f"  trial {len(barge):2d}: barge-in {barge[-1] * 1000:4.0f} ms; pauses "
+                    f"{_rel(p.pauses, onset, utt.end)} resumes {_rel(p.resumes, onset, utt.end)}"
+                    f" flushes {_rel(p.flushes, onset, utt.end)}"
+                )
         # The last utterance's answer.
         try:
             heard = await client.wait_bot_audio(utt.end, timeout=20)

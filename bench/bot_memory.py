@@ -111,23 +111,33 @@ async def main() -> None:
         results[pipeline] = await measure(pipeline, phrases, args.sessions, args.concurrent)
 
     print()
-    print(f"bot memory benchmark ({args.sessions} sequential sessions, up to "
-          f"{args.concurrent} concurrent), MiB")
+    print(
+        f"bot memory benchmark ({args.sessions} sequential sessions, up to "
+        f"{args.concurrent} concurrent), MiB"
+    )
     for name, r in results.items():
         seq = r["sequential"]
         conc = r["concurrent"]
         steps = [b - a for a, b in zip(conc, conc[1:], strict=False)]
         growth = (seq[-1] - seq[0]) / seq[0] * 100
-        print(f"{name:9s} idle {r['idle']:6.0f}   one-session peak {r['one_session_peak']:6.0f}   "
-              f"overall peak {r['peak']:6.0f}")
-        print(f"{name:9s} sequential: after #1 {seq[0]:6.0f}  after #{len(seq)} {seq[-1]:6.0f}  "
-              f"growth {growth:+.1f}%   (all: {' '.join(f'{v:.0f}' for v in seq)})")
-        print(f"{name:9s} concurrent: {' '.join(f'{v:.0f}' for v in conc)}  "
-              f"per extra live session {' '.join(f'{s:+.0f}' for s in steps)}")
+        print(
+            f"{name:9s} idle {r['idle']:6.0f}   one-session peak {r['one_session_peak']:6.0f}   "
+            f"overall peak {r['peak']:6.0f}"
+        )
+        print(
+            f"{name:9s} sequential: after #1 {seq[0]:6.0f}  after #{len(seq)} {seq[-1]:6.0f}  "
+            f"growth {growth:+.1f}%   (all: {' '.join(f'{v:.0f}' for v in seq)})"
+        )
+        print(
+            f"{name:9s} concurrent: {' '.join(f'{v:.0f}' for v in conc)}  "
+            f"per extra live session {' '.join(f'{s:+.0f}' for s in steps)}"
+        )
     if len(results) == 2:
         ours, peer = results["vibevoice"], results["stock"]
-        print(f"ratio ours/stock one-session peak RSS: "
-              f"{ours['one_session_peak'] / peer['one_session_peak']:.2f}")
+        print(
+            f"ratio ours/stock one-session peak RSS: "
+            f"{ours['one_session_peak'] / peer['one_session_peak']:.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -27,10 +27,7 @@ class SpeechOnsetFrame(SystemFrame):
 
 @dataclass
 class ProbableSpeechEndFrame(SystemFrame):
-    """Speech was followed by a few quiet windows: the utterance has probably ended.
-
-    ``audio_bytes`` is how much of the turn's audio had arrived at that moment.
-    """
+    """Speech was followed by a few quiet windows: the utterance has probably ended."""
 
     timestamp: float = field(default_factory=time.time)
 

@@ -223,13 +223,3 @@ class SpeechGate(FrameProcessor):
 
     async def _send_client(self, message: dict) -> None:
         await self.push_frame(OutputTransportMessageUrgentFrame(message=message))
-
-
-def confidence_of(session: Any, audio: np.ndarray) -> list[float]:
-    """Raw Silero scores of 16 kHz float audio (512-sample windows); for tools/tests."""
-    analyzer = SharedSileroVADAnalyzer(session, sample_rate=16000)
-    analyzer.set_sample_rate(16000)
-    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
-    for i in range(0, len(pcm) - 1023, 1024):
-        analyzer.voice_confidence(pcm[i : i + 1024])
-    return analyzer.drain()
