@@ -273,9 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--utterances", type=int, default=1000, help="measured utterances")
     parser.add_argument("--warmup", type=int, default=40, help="utterances before 'before'")
-    parser.add_argument(
-        "--connections", type=int, default=2, help="concurrent clients (1..32)"
-    )
+    parser.add_argument("--connections", type=int, default=2, help="concurrent clients (1..32)")
     parser.add_argument("--max-seconds", type=float, default=1200, help="stop after this long")
     parser.add_argument("--cache-mb", type=int, default=0, help="response cache size (0 = off)")
     parser.add_argument("--seed", type=int, default=5)
