@@ -77,7 +77,7 @@ class ServingSettings:
     edf: bool = True
     engine_workers: int = 0
     max_lead_s: float = 1.0
-    prebuffer_ms: int = 150
+    prebuffer_ms: int = 0
     prebuffer_wait_ms: int = 60
     max_queue: int = 32
     max_message_bytes: int = 65536
