@@ -12,7 +12,8 @@ Traffic mix over ``--connections`` concurrent clients (fixed by the seed): most
 utterances are spoken and awaited to ``done``; some are streamed with ``append``; some
 are cancelled mid-stream; some connections hang up mid-utterance. "Before" is taken
 after ``--warmup`` utterances (pools started, allocator warm), "after" once the last
-connection has closed and the server has settled. Bounded by ``--utterances`` and
+connection has closed and the server has settled (the RSS at process start is printed
+too, so the warm-up's own growth is visible). Bounded by ``--utterances`` and
 ``--max-seconds``. Nothing is asserted; goals are printed next to the figures.
 
 ``--connections`` defaults to 2, the engine's worker width on the 2-core box: with more
@@ -202,9 +203,16 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     url = f"ws://127.0.0.1:{server.port}/v1/tts/stream"
     stop_at = time.monotonic() + args.max_seconds
     try:
+        at_start = snapshot(server)
         await drive(url, 0, args.warmup, args.connections, args.seed, stop_at)
         await asyncio.sleep(1.0)
         before = snapshot(server)
+        traced = None
+        if args.tracemalloc:
+            import tracemalloc
+
+            tracemalloc.start(8)
+            traced = tracemalloc.take_snapshot()
         started = time.monotonic()
         outcomes: dict[str, int] = {}
         trend: list[float] = [before["rss_mib"]]
@@ -221,6 +229,14 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         elapsed = time.monotonic() - started
         await asyncio.sleep(2.0)
         after = snapshot(server)
+        grown: list[str] = []
+        if traced is not None:
+            import tracemalloc
+
+            diff = tracemalloc.take_snapshot().compare_to(traced, "traceback")
+            for stat in diff[:8]:
+                grown.append(f"{stat.size_diff / 1024:+.0f} KiB {stat.traceback.format()[-2:]}")
+            tracemalloc.stop()
         service = server.app.state.tts_service
         await asyncio.wrap_future(
             asyncio.run_coroutine_threadsafe(service.store.flush(), server.loop)
@@ -238,8 +254,11 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         "connections": args.connections,
         "elapsed_s": round(elapsed, 1),
         "outcomes": dict(sorted(outcomes.items())),
+        "warmup": args.warmup,
+        "at_start": at_start,
         "before": before,
         "after": after,
+        "python_growth": grown,
         "rss_growth_pct": round(growth, 2),
         "rss_goal_pct": RSS_GOAL_PCT,
         "rss_trend_mib": trend,
@@ -264,6 +283,10 @@ def print_report(r: dict[str, Any]) -> None:
     print(f"  asyncio tasks  {b['server_tasks']} -> {a['server_tasks']} (server loop)")
     print(f"  threads        {b['threads']} -> {a['threads']}")
     print(f"  store          {r['store']}   engine {r['engine']}")
+    print(f"  (process start {r['at_start']['rss_mib']} MiB; 'before' after {r['warmup']} warm-up"
+          " utterances)")  # fmt: skip
+    for line in r["python_growth"]:
+        print(f"  python growth  {line}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -272,7 +295,10 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     parser.add_argument("--utterances", type=int, default=1000, help="measured utterances")
-    parser.add_argument("--warmup", type=int, default=40, help="utterances before 'before'")
+    parser.add_argument("--warmup", type=int, default=100, help="utterances before 'before'")
+    parser.add_argument(
+        "--tracemalloc", action="store_true", help="also list the Python allocations that grew"
+    )
     parser.add_argument("--connections", type=int, default=2, help="concurrent clients (1..32)")
     parser.add_argument("--max-seconds", type=float, default=1200, help="stop after this long")
     parser.add_argument("--cache-mb", type=int, default=0, help="response cache size (0 = off)")
