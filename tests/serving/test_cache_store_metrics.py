@@ -76,6 +76,10 @@ async def test_cancelled_synthesis_leaves_no_cache_entry(make_server) -> None:
     assert result.final["type"] == "done" and result.final["audio_s"] > 2.0
     started, again = await _speak(srv, "x3", text)
     assert started["cached"] is True and bytes(again.audio) == bytes(result.audio)
+    assert await srv.service.store.flush()
+    with sqlite3.connect(srv.service.settings.store_url) as db:
+        outcomes = dict(db.execute("SELECT request_id, outcome FROM syntheses"))
+    assert outcomes == {"x1": "cancelled", "x2": "ok", "x3": "ok"}
 
 
 async def test_cache_is_bounded_and_persists_across_restarts(make_server, tmp_path: Path) -> None:
@@ -179,6 +183,7 @@ async def test_metrics_parse_and_count(server: ServerThread) -> None:
         "tts_errors",
         "tts_syntheses",
         "tts_underruns",
+        "tts_engine_queued_calls",
     ):
         assert name in families, name
     samples = {

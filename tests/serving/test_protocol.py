@@ -285,3 +285,20 @@ async def test_idle_open_utterance_is_flushed_and_may_start_empty(make_server) -
     result = await client.collect(["i2"])
     assert result["i2"].final["type"] == "done"
     await client.ws.close()
+
+
+async def test_cancel_while_gathering_the_start_up_buffer(make_server) -> None:
+    srv = make_server(prebuffer_ms=1500, prebuffer_wait_ms=5000)
+    client = await open_client(srv.url)
+    await client.send(type="speak", id="g1", text=LONG)
+    await client.next_event("started")
+    await client.send(type="cancel")
+    cancelled = await client.next_event("cancelled")
+    assert cancelled["ids"] == ["g1"]
+    await client.send(type="speak", id="g2", text="Short one.")  # shorter than the buffer
+    result = await client.collect(["g2"])
+    assert result["g2"].final["type"] == "done" and len(result["g2"].audio) > 24000
+    _contiguous(result["g2"].events)
+    chunks_g1 = [e for e in client.log if isinstance(e, dict) and e.get("id") == "g1"]
+    assert all(e["type"] != "chunk" for e in chunks_g1)  # cancelled before its first send
+    await client.ws.close()

@@ -75,6 +75,11 @@ class ServingMetrics:
             "tts_errors", "Error events sent to clients by reason", ["reason"], registry=r
         )
         self.audio_seconds = Counter("tts_audio_seconds", "Seconds of audio sent", registry=r)
+        self.engine_queued = Gauge(
+            "tts_engine_queued_calls",
+            "Model calls waiting for an engine worker (earliest-deadline-first pool)",
+            registry=r,
+        )
         self.underruns = Counter(
             "tts_underruns", "Chunks sent later than the audio already sent would last", registry=r
         )

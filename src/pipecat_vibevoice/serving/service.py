@@ -88,7 +88,9 @@ class TTSService:
                         config = getattr(getattr(app_state, "settings", None), "tts", None)
                     self._engine = await get_tts_engine(config)
                 if self.settings.edf:
-                    install_deadline_executor(self._engine, self.settings.engine_workers)
+                    pool = install_deadline_executor(self._engine, self.settings.engine_workers)
+                    if pool is not None:
+                        self.metrics.engine_queued.set_function(lambda: pool.queued)
         return self._engine
 
     def engine_width(self, engine: TTSEngine) -> int:
