@@ -159,6 +159,15 @@ async def run_session(
     return result
 
 
+async def watch_loop_lag(samples: list[float], stop: asyncio.Event, every: float = 0.05) -> None:
+    """How late this (client) process's event loop wakes up: a saturated client would
+    delay what it hears and what it says, and the figures would blame the server."""
+    while not stop.is_set():
+        t0 = time.monotonic()
+        await asyncio.sleep(every)
+        samples.append(time.monotonic() - t0 - every)
+
+
 async def run_load(
     sessions: int, duration: float, seed: int, underrun_ms: float, extra: list[str]
 ) -> dict[str, Any]:
@@ -169,14 +178,26 @@ async def run_load(
     try:
         rss_before = proc.memory_info().rss
         load_before = machine()
+        me = psutil.Process()
+        cpu_server0, cpu_client0 = proc.cpu_times(), me.cpu_times()
+        lag: list[float] = []
+        stop = asyncio.Event()
+        watcher = asyncio.create_task(watch_loop_lag(lag, stop))
         started = time.monotonic()
         deadline = started + duration
         tasks = [
             run_session(bot.ws_url, phrases, deadline, seed + n, underrun_ms / 1000)
             for n in range(sessions)
         ]
-        results: list[SessionResult] = await asyncio.wait_for(asyncio.gather(*tasks), duration + 90)
+        try:
+            results: list[SessionResult] = await asyncio.wait_for(
+                asyncio.gather(*tasks), duration + 90
+            )
+        finally:
+            stop.set()
+            await watcher
         elapsed = time.monotonic() - started
+        cpu_server1, cpu_client1 = proc.cpu_times(), me.cpu_times()
         load_after = machine()
         await asyncio.sleep(2.0)  # the server notices the hang-ups
         health = await asyncio.to_thread(bot.health)
@@ -211,6 +232,22 @@ async def run_load(
             "n": len(barge),
             "skipped": sum(r.skipped for r in results),
         },
+        "cpu_share": {  # cores kept busy, averaged over the run
+            "server": round(
+                (cpu_server1.user + cpu_server1.system - cpu_server0.user - cpu_server0.system)
+                / elapsed,
+                2,
+            ),
+            "clients": round(
+                (cpu_client1.user + cpu_client1.system - cpu_client0.user - cpu_client0.system)
+                / elapsed,
+                2,
+            ),
+        },
+        "client_loop_lag_ms": {
+            "p95": round(pct(lag, 95) * 1000, 1) if lag else None,
+            "max": round(max(lag) * 1000, 1) if lag else None,
+        },
         "server_sessions_after": health["sessions"],
         "server_rss_mib": {
             "before": round(rss_before / 2**20, 1),
@@ -233,6 +270,9 @@ def print_report(r: dict[str, Any]) -> None:
     print(f"  barge-in under load p50 {b['p50']} ms  p95 {b['p95']} ms  max {b['max']} ms  "
           f"(n={b['n']}, skipped {b['skipped']})")  # fmt: skip
     print(f"  server after        {r['server_sessions_after']}, RSS {r['server_rss_mib']} MiB")
+    print(f"  CPU (cores busy)    server {r['cpu_share']['server']}, clients "
+          f"{r['cpu_share']['clients']}; client loop lag p95 {r['client_loop_lag_ms']['p95']} ms, "
+          f"max {r['client_loop_lag_ms']['max']} ms")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -128,6 +128,12 @@ def build_table(suite: dict[str, Any], load: dict[str, Any], soak: dict[str, Any
             f"| Load: barge-in under load | p95 {b['p95']} ms, p50 {b['p50']} ms "
             f"(n={b['n']}) | measured | — |",
         ]
+        if "cpu_share" in load:
+            cpu, lag = load["cpu_share"], load["client_loop_lag_ms"]
+            rows.append(
+                f"| Load: where the time went | server {cpu['server']} cores busy, clients "
+                f"{cpu['clients']} (client loop lag p95 {lag['p95']} ms) | — | — |"
+            )
     if soak.get("failed"):
         rows.append(f"| Soak | run failed (exit {soak['returncode']}) | runs | ❌ |")
     else:
