@@ -25,8 +25,11 @@ from loguru import logger
 from .base import AudioPiece, BackendUnavailable, SpeechBackend, SynthesisRequest
 
 #: Frames per decoder window: small first (fast first chunk), then larger (efficiency).
+#: The first window (24 frames, 279 ms) yields three 80 ms chunks, so a listener has
+#: 240 ms in hand while the next window decodes; 16 frames gave one chunk, and any
+#: stall over 80 ms of a loaded server became an underrun.
 #: One frame is 256 samples (11.6 ms at 22 050 Hz).
-DEFAULT_SCHEDULE = (16, 32, 96, 256, 512)
+DEFAULT_SCHEDULE = (24, 48, 96, 256, 512)
 #: Context frames decoded on each side of a window and then discarded. The decoder's
 #: receptive field fits within these, so windows join the full decode to within 6e-6
 #: (0.2 of a PCM16 step; 48/40 gave 2e-6 at 1.7x the decoding work; 16 breaks).
