@@ -75,6 +75,8 @@ async def test_cleanup_frees_the_model_and_allows_reinitialising() -> None:
 
 
 async def test_singleton_is_shared_by_concurrent_callers(count_loads) -> None:
+    await shutdown_tts_engine()  # start clean: other suites may have left one running
+    count_loads["loads"] = 0
     config = TTSConfig(engine="piper")
     try:
         engines = await asyncio.gather(*(get_tts_engine(config) for _ in range(10)))

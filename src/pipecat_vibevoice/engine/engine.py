@@ -17,7 +17,7 @@ import threading
 import time
 import unicodedata
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -193,6 +193,27 @@ class TTSEngine:
         raise RuntimeError(
             "no TTS backend could be loaded: " + "; ".join(self._load_errors)
         ) from last_error
+
+    @property
+    def executor(self) -> Executor | None:
+        """The pool model calls run on (None before ``initialize()``)."""
+        return self._executor
+
+    @property
+    def workers(self) -> int:
+        """Model calls that run at once: the width of the engine's worker pool."""
+        return max(1, getattr(self._executor, "_max_workers", 1))
+
+    def replace_executor(self, executor: Executor) -> Executor | None:
+        """Run model calls on ``executor`` from now on; returns the previous pool.
+
+        For servers that order model work themselves (the serving API's deadline
+        scheduler). The caller shuts the old pool down. Requires an initialised engine.
+        """
+        if self._backend is None:
+            raise EngineNotReadyError("initialise the engine before replacing its pool")
+        previous, self._executor = self._executor, executor
+        return previous
 
     async def cleanup(self) -> None:
         """Free the model (and the CUDA cache). The engine can be initialised again."""
@@ -542,7 +563,7 @@ class TTSEngine:
         ids = speaker_ids if speaker_ids is not None else [0] * len(texts)
         results: list[np.ndarray] = [np.zeros(0, np.int16)] * len(texts)
         errors: dict[int, Exception] = {}
-        limit = asyncio.Semaphore(max(1, getattr(self._executor, "_max_workers", 2)))
+        limit = asyncio.Semaphore(self.workers)
         done = 0
 
         async def one(index: int) -> None:

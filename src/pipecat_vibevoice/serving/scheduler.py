@@ -28,9 +28,12 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
+
+if TYPE_CHECKING:
+    from ..engine import TTSEngine
 
 #: How long a new utterance may yield to streams that are about to run dry.
 FIRST_CHUNK_SLACK_S = 0.1
@@ -105,22 +108,20 @@ class DeadlineExecutor(Executor):
                 future.set_exception(exc)
 
 
-def install_deadline_executor(engine: Any, workers: int = 0) -> DeadlineExecutor | None:
+def install_deadline_executor(engine: TTSEngine, workers: int = 0) -> DeadlineExecutor | None:
     """Put a :class:`DeadlineExecutor` in front of ``engine``'s model calls.
 
-    Uses the engine's pool attribute (``engine._executor``, documented as its bounded
-    worker pool) because the engine takes no executor from outside; the old pool is
-    shut down once its running calls end. Same width unless ``workers`` is given.
-    Returns the executor (None when the engine has no pool, i.e. is not initialised).
+    The old pool is shut down once its running calls end. Same width unless
+    ``workers`` is given. Returns the executor (None when the engine is not initialised).
     """
-    current = getattr(engine, "_executor", None)
-    if current is None:
+    if not engine.is_initialized:
         return None
-    if isinstance(current, DeadlineExecutor):
-        return current
-    width = workers or getattr(current, "_max_workers", 2)
+    if isinstance(engine.executor, DeadlineExecutor):  # already installed
+        return engine.executor
+    width = workers or engine.workers
     executor = DeadlineExecutor(width)
-    engine._executor = executor
-    current.shutdown(wait=False)
+    current = engine.replace_executor(executor)
+    if current is not None:
+        current.shutdown(wait=False)
     logger.info(f"TTS engine pool: earliest-deadline-first, {width} workers")
     return executor

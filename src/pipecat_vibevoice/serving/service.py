@@ -95,7 +95,7 @@ class TTSService:
 
     def engine_width(self, engine: TTSEngine) -> int:
         """Model calls the engine runs at once (its pool's workers)."""
-        return max(1, getattr(engine._executor, "_max_workers", 2))
+        return engine.workers
 
     def identity(self, engine: TTSEngine) -> dict[str, Any]:
         """What, beyond the request, decides the audio (part of every cache key)."""
