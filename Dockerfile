@@ -17,7 +17,7 @@
 # * cpu-torch: torch==${TORCH_VERSION} from PyTorch's CPU wheel index
 #   (TORCH_CPU_INDEX). The default PyPI wheel for Linux is the CUDA build, which drags in
 #   several GB of nvidia-* packages that a CPU host cannot use.
-# * gpu: torch==${TORCH_VERSION} from TORCH_GPU_INDEX (default: PyPI, whose Linux wheel
+# * gpu: torch==${TORCH_VERSION} from TORCH_GPU_INDEX (default: pip's own index, whose Linux wheel
 #   bundles the CUDA runtime; the host needs only the NVIDIA driver and the container
 #   toolkit). Set it to e.g. https://download.pytorch.org/whl/cu128 to pick a CUDA build.
 # A constraints file pins torch for the package install, so no extra can swap it.
@@ -25,7 +25,7 @@
 ARG PYTHON_VERSION=3.11
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
-ARG TORCH_GPU_INDEX=https://pypi.org/simple
+ARG TORCH_GPU_INDEX=
 
 # ---------------------------------------------------------------------------- base
 FROM python:${PYTHON_VERSION}-slim AS base
@@ -67,7 +67,7 @@ FROM build-base AS build-gpu
 ARG TORCH_VERSION
 ARG TORCH_GPU_INDEX
 RUN echo "torch==${TORCH_VERSION}" > /tmp/torch.txt \
- && pip install --index-url "${TORCH_GPU_INDEX}" "torch==${TORCH_VERSION}" \
+ && pip install ${TORCH_GPU_INDEX:+--index-url "$TORCH_GPU_INDEX"} "torch==${TORCH_VERSION}" \
  && pip install -c /tmp/torch.txt ".[piper,serving,vibevoice]" \
  && python -c "import torch; assert torch.version.cuda, 'expected a CUDA build of torch'"
 
