@@ -146,6 +146,20 @@ async def wait_until(predicate: Any, timeout: float = 15.0, every: float = 0.05)
         await asyncio.sleep(every)
 
 
+async def start_all_workers(engine: TTSEngine) -> None:
+    """Make the engine's worker pool start every thread it may ever have.
+
+    The pool is bounded (one worker per core, at most 4) but starts workers lazily, so
+    a count taken after one warm stream can grow by a worker later without any leak.
+    Blocking jobs on every worker at once leave it at its full, final size.
+    """
+    executor = engine._executor
+    assert executor is not None, "initialise the engine first"
+    loop = asyncio.get_running_loop()
+    jobs = [loop.run_in_executor(executor, time.sleep, 0.1) for _ in range(executor._max_workers)]
+    await asyncio.gather(*jobs)
+
+
 def thread_names() -> list[str]:
     """Live threads of this process (for leak messages)."""
     return sorted(t.name for t in threading.enumerate())

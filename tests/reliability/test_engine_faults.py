@@ -13,6 +13,7 @@ import threading
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from reliability.harness import start_all_workers
 
 from pipecat_vibevoice.engine import TTSConfig, TTSEngine
 from pipecat_vibevoice.engine.backends.piper import PiperBackend
@@ -83,6 +84,9 @@ async def test_hang_up_leaves_no_thread_or_work_behind() -> None:
         # One warm stream so the worker pool has its threads before we count.
         async for _ in engine.synthesize_streaming("Warm the pool."):
             pass
+        # ...all of them: the bounded pool starts workers lazily, so closing a stream
+        # could otherwise start its last worker after the count (no leak, a flaky test).
+        await start_all_workers(engine)
         threads_before = threading.active_count()
         for _ in range(5):
             stream = engine.synthesize_streaming(

@@ -27,6 +27,7 @@ from reliability.harness import (
     LONG_TEXT,
     captured_logs,
     counted_threads,
+    start_all_workers,
     thread_names,
     wait_until,
 )
@@ -73,6 +74,7 @@ async def test_hang_up_mid_utterance_stops_generation_and_leaves_nothing(tts_ser
     await _speak_ok(server.url, "warm", "Warm the worker pool first.")
     await _hang_up(server.url, how)
     assert await wait_until(lambda: backend.open_streams == 0, timeout=15)
+    server.call(start_all_workers(engine))
     await asyncio.sleep(0.5)
     tasks_before = await asyncio.to_thread(server.tasks)
     threads_before = counted_threads()

@@ -25,7 +25,13 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from reliability.conftest import start_bot_server
-from reliability.harness import LoopServer, counted_threads, thread_names, wait_until
+from reliability.harness import (
+    LoopServer,
+    counted_threads,
+    start_all_workers,
+    thread_names,
+    wait_until,
+)
 
 from pipecat_vibevoice.pipeline import Transcriber
 from pipecat_vibevoice.transports.client import VoiceClient
@@ -56,6 +62,7 @@ async def test_hang_up_while_the_bot_talks_leaves_no_work_task_or_thread(
         await asyncio.sleep(0.3)
         await _turn(warm, user_speech["hello"])
     assert await wait_until(lambda: live_sessions(server) == 0)
+    await asyncio.to_thread(server.call, start_all_workers(engine))
     await asyncio.sleep(1.0)
     tasks_before = await asyncio.to_thread(server.tasks)
     threads_before = counted_threads()
