@@ -379,6 +379,10 @@ class TTSSession:
                     task.cancel()
                     with contextlib.suppress(BaseException):
                         await task
+                elif not task.cancelled():
+                    # The item ended (e.g. ClientGone) just as the player was cancelled:
+                    # fetch its outcome so asyncio does not log "never retrieved".
+                    task.exception()
                 self.current, self.current_task = None, None
             if not task.cancelled() and isinstance(task.exception(), ClientGone):
                 return
