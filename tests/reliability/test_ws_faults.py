@@ -106,6 +106,13 @@ def _bot_said(client: VoiceClient, after: float = 0.0) -> str:
     return " ".join(t for ts, t in client.events.bot_text if ts >= after).lower()
 
 
+async def _wait_said(client: VoiceClient, words: str, timeout: float = 15.0) -> None:
+    try:
+        await client.wait_for(lambda: words in _bot_said(client), timeout=timeout)
+    except TimeoutError:
+        raise AssertionError(f"the bot never said {words!r}: {client.events.bot_text}") from None
+
+
 async def test_stt_failure_is_announced_and_the_next_turn_works(bot_server, user_speech) -> None:
     server, _engine, _backend = bot_server
     models = server.app.state.models
@@ -122,7 +129,8 @@ async def test_stt_failure_is_announced_and_the_next_turn_works(bot_server, user
             assert any("recogni" in e.lower() for _, e in errors), errors
             # The bot says so, out loud.
             await client.wait_bot_audio(utt.end, timeout=20)
-            assert "catch" in _bot_said(client), client.events.bot_text
+            # The text of what the bot says may arrive after its first audio.
+            await _wait_said(client, "catch")
             assert not client.final_transcripts(), "a transcript despite the failure"
             await client.wait_bot_quiet(quiet_secs=1.0, timeout=30)
 
@@ -196,7 +204,7 @@ async def test_llm_failure_is_announced_and_the_next_turn_works(bot_server, user
             assert llm.app.state.requests >= 1
             assert any("llm" in e.lower() or "500" in e for _, e in errors), errors
             await client.wait_bot_audio(utt.end, timeout=20)
-            assert "sorry" in _bot_said(client), client.events.bot_text
+            await _wait_said(client, "sorry")
             await client.wait_bot_quiet(quiet_secs=1.0, timeout=30)
 
             start = time.monotonic()
