@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import jiwer
 import numpy as np
 import pytest
