@@ -14,23 +14,13 @@ import argparse
 import asyncio
 import sys
 import time
-import wave
 from pathlib import Path
 
 from loguru import logger
 
 from .engine import TTSConfig, TTSEngine
 from .engine.config import PITCH_RANGE, SPEED_RANGE
-
-
-def write_wav(path: Path, pcm: bytes, sample_rate: int) -> None:
-    """Write mono 16-bit PCM to a WAV file, creating parent directories."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with wave.open(str(path), "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(sample_rate)
-        wav.writeframes(pcm)
+from .wav import write_wav
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,9 +22,10 @@ import shutil
 import subprocess
 import sys
 import time
-import wave
 from pathlib import Path
 from typing import Any
+
+from .wav import write_wav
 
 DEFAULT_URL = "ws://127.0.0.1:8000/v1/tts/stream"
 
@@ -128,12 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     if output is None and not args.play:
         output = Path("out.wav")
     if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        with wave.open(str(output), "wb") as wav:
-            wav.setnchannels(1)
-            wav.setsampwidth(2)
-            wav.setframerate(rate)
-            wav.writeframes(pcm)
+        write_wav(output, pcm, rate)
     print(
         f"{len(pcm) / 2 / rate:.2f}s of audio at {rate} Hz, first audio after "
         f"{done.get('client_first_audio_ms', 'n/a')} ms"
