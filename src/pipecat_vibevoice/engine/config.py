@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
@@ -130,7 +130,7 @@ class TTSConfig:
         for f in fields(cls):
             raw = environ.get(ENV_PREFIX + f.name.upper())
             if raw is not None and raw != "":
-                values[f.name] = _parse(f.name, f.type, raw)
+                values[f.name] = parse_env_value(ENV_PREFIX + f.name.upper(), f.type, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
@@ -180,7 +180,7 @@ class TTSConfig:
                     flag,
                     dest=f"engine_{f.name}",
                     default=None,
-                    type=_cli_type(f.type),
+                    type=value_parser(f.type),
                     help=helps.get(f.name, ""),
                     **kwargs,
                 )
@@ -198,32 +198,33 @@ class TTSConfig:
         return cls.from_env(environ, **overrides)
 
 
-def _cli_type(type_name: Any):
+def parse_bool(raw: str) -> bool:
+    """``1/true/yes/on`` or ``0/false/no/off`` (any case); anything else is a ValueError."""
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
+def value_parser(type_name: Any) -> Callable[[str], Any]:
+    """The parser for a dataclass field's annotation (shared by every settings class)."""
     name = str(type_name)
+    if name.startswith("bool"):
+        return parse_bool
     if name.startswith("int"):
-        return int
+        return lambda raw: int(raw.strip())
     if name.startswith("float"):
-        return float
+        return lambda raw: float(raw.strip())
     return str
 
 
-def _parse(name: str, type_name: Any, raw: str) -> Any:
-    """Parse one environment value according to the field's annotation."""
-    text = str(type_name)
+def parse_env_value(variable: str, type_name: Any, raw: str) -> Any:
+    """Parse one environment value; a bad one raises :class:`ConfigError` naming the variable."""
     try:
-        if text.startswith("bool"):
-            lowered = raw.strip().lower()
-            if lowered in ("1", "true", "yes", "on"):
-                return True
-            if lowered in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(raw)
-        if text.startswith("int"):
-            return int(raw)
-        if text.startswith("float"):
-            return float(raw)
+        return value_parser(type_name)(raw)
     except ValueError:
         raise ConfigError(
-            f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {text.split()[0]}"
+            f"{variable}={raw!r} is not a valid {str(type_name).split()[0]}"
         ) from None
-    return raw

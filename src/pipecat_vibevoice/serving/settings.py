@@ -16,6 +16,8 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ..engine.config import parse_env_value, value_parser
+
 ENV_PREFIX = "PIPECAT_VIBEVOICE_SERVING_"
 
 
@@ -159,7 +161,7 @@ class ServingSettings:
         for f in fields(cls):
             raw = environ.get(ENV_PREFIX + f.name.upper())
             if raw is not None:
-                values[f.name] = _parse(f.name, str(f.type), raw)
+                values[f.name] = parse_env_value(ENV_PREFIX + f.name.upper(), f.type, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
@@ -174,7 +176,7 @@ class ServingSettings:
                 "--tts-" + f.name.replace("_", "-"),
                 dest=f"serving_{f.name}",
                 default=None,
-                type=_cli_type(str(f.type)),
+                type=value_parser(f.type),
                 help=_HELP.get(f.name, "")
                 + f" (default {f.default if f.default is not MISSING else f.default_factory()!r})",
             )
@@ -220,29 +222,3 @@ _HELP = {
 }
 
 
-def _bool(raw: str) -> bool:
-    lowered = raw.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(raw)
-
-
-def _cli_type(type_name: str):
-    if type_name.startswith("bool"):
-        return _bool
-    if type_name.startswith("int"):
-        return int
-    if type_name.startswith("float"):
-        return float
-    return str
-
-
-def _parse(name: str, type_name: str, raw: str) -> Any:
-    try:
-        return _cli_type(type_name)(raw.strip() if type_name[:3] in ("int", "flo", "boo") else raw)
-    except ValueError:
-        raise ValueError(
-            f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {type_name.split()[0]}"
-        ) from None
