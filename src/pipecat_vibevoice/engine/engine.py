@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 import threading
 import time
 import unicodedata
@@ -141,19 +142,13 @@ class TTSEngine:
                 backend.warmup()
             except Exception as exc:  # a failing warm-up is logged, real requests will tell
                 logger.warning(f"TTS warm-up of {backend.name} failed: {exc}")
-            workers = max(1, min(4, (self._cpu_count() or 2)))
+            workers = max(1, min(4, os.cpu_count() or 2))
             self._executor = ThreadPoolExecutor(workers, thread_name_prefix="tts")
             self._backend = backend
             logger.info(
                 f"TTS engine ready: {backend.name} ({', '.join(backend.voices()[:5])}) "
                 f"in {time.perf_counter() - started:.2f}s, output {self.config.sample_rate} Hz"
             )
-
-    @staticmethod
-    def _cpu_count() -> int | None:
-        import os
-
-        return os.cpu_count()
 
     def _load_backend(self) -> SpeechBackend:
         from .backends import resolve_engine
