@@ -34,6 +34,7 @@ from reliability.harness import (
 )
 
 from pipecat_vibevoice.pipeline import Transcriber
+from pipecat_vibevoice.pipeline.models import Transcript
 from pipecat_vibevoice.transports.client import VoiceClient
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -95,7 +96,7 @@ class FlakyTranscriber(Transcriber):
         self.failing = False
         self.failures = 0
 
-    async def transcribe(self, audio: np.ndarray, priority: int = Transcriber.FINAL) -> str:
+    async def transcribe(self, audio: np.ndarray, priority: int = Transcriber.FINAL) -> Transcript:
         if self.failing and priority == Transcriber.FINAL:
             self.failures += 1
             raise RuntimeError("injected speech recognition failure")

@@ -123,6 +123,7 @@ def build_voice_pipeline(
         max_pause_secs=config.max_pause_secs,
         short_turn_words=config.short_turn_words,
         short_turn_pause_secs=config.short_turn_pause_secs,
+        min_tail_confidence=config.min_tail_confidence,
     )
     messages: list[Any] = []
     if not config.uses_offline_responder and config.system_prompt:

@@ -51,6 +51,10 @@ class BotConfig:
             such openers are often followed by the rest of the sentence after a
             comma-sized pause.
         short_turn_pause_secs: Silence that ends such a short turn.
+        min_tail_confidence: A turn ends early only when the recognizer gave its last
+            word at least this probability; a guessed last word ("pizza with" heard
+            as "piece of width") cannot tell whether the sentence is over, so such a
+            turn waits ``max_pause_secs``.
         smart_turn: Also ask Pipecat's bundled smart-turn model whether the turn is over
             (off by default: on synthetic test speech it often calls finished sentences
             unfinished, which costs ``max_pause_secs``).
@@ -78,6 +82,7 @@ class BotConfig:
     max_pause_secs: float = 0.9
     short_turn_words: int = 3
     short_turn_pause_secs: float = 0.6
+    min_tail_confidence: float = 0.4
     smart_turn: bool = False
     llm_url: str | None = None
     llm_model: str = "llama3.2"
@@ -111,6 +116,10 @@ class BotConfig:
             raise BotConfigError(
                 "short_turn_pause_secs must be within vad_stop_secs..max_pause_secs, got "
                 f"{self.short_turn_pause_secs}"
+            )
+        if not 0.0 <= self.min_tail_confidence <= 1.0:
+            raise BotConfigError(
+                f"min_tail_confidence must be within [0, 1], got {self.min_tail_confidence}"
             )
         if self.short_turn_words < 0:
             raise BotConfigError(f"short_turn_words must be >= 0, got {self.short_turn_words}")
@@ -234,6 +243,13 @@ class BotConfig:
             help="silence that ends a short turn (default: %(default)s)",
         )
         g.add_argument(
+            "--min-tail-confidence",
+            type=float,
+            default=d["min_tail_confidence"].default,
+            help="a turn ends early only if the last word was heard with at least this "
+            "probability (default: %(default)s)",
+        )
+        g.add_argument(
             "--smart-turn",
             action=argparse.BooleanOptionalAction,
             default=d["smart_turn"].default,
@@ -271,6 +287,7 @@ class BotConfig:
             max_pause_secs=args.max_pause_secs,
             short_turn_words=args.short_turn_words,
             short_turn_pause_secs=args.short_turn_pause_secs,
+            min_tail_confidence=args.min_tail_confidence,
             smart_turn=args.smart_turn,
             llm_url=args.llm_url,
             llm_model=args.llm_model,

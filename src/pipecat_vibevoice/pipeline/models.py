@@ -75,6 +75,52 @@ def load_onnx_session(path: str, threads: int = 1) -> Any:
     return onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"], sess_options=opts)
 
 
+@dataclass(frozen=True)
+class Transcript:
+    """What the recognizer heard, and how sure it is of the last word.
+
+    ``tail_confidence`` is the probability the decoder gave the last word (the
+    product over its tokens), or ``None`` when the decode path does not report it.
+    The end-of-turn judge reads the last word, so a guessed last word ("pizza with"
+    heard as "piece of width") must not end a turn early.
+    """
+
+    text: str
+    tail_confidence: float | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.text)
+
+
+def last_word_probability(tokens: list[str], probabilities: list[float]) -> float | None:
+    """Probability of the last word in a token sequence (punctuation ignored).
+
+    Whisper's tokens carry their leading space, so the last word is the run of
+    tokens from the last one that starts with a space (or the first token).
+    """
+    words: list[list[float]] = []
+    for token, probability in zip(tokens, probabilities, strict=True):
+        if not any(ch.isalnum() for ch in token):
+            continue  # punctuation: says nothing about the word itself
+        if token.startswith(" ") or not words:
+            words.append([])
+        words[-1].append(probability)
+    if not words:
+        return None
+    return float(np.prod(words[-1]))
+
+
+def _token_probabilities(logits: Any, tokens: list[int]) -> list[float]:
+    """Softmax probability of each chosen token, from CTranslate2's per-step logits."""
+    probabilities = []
+    for step, token in zip(logits, tokens, strict=False):
+        row = np.asarray(step, dtype=np.float64).reshape(-1)
+        top = row.max()
+        log_norm = top + np.log(np.exp(row - top).sum())
+        probabilities.append(float(np.exp(row[token] - log_norm)))
+    return probabilities
+
+
 class Transcriber:
     """faster-whisper behind two worker threads: one for final, one for interim text.
 
@@ -112,8 +158,8 @@ class Transcriber:
         for thread in self._threads:
             thread.start()
 
-    async def transcribe(self, audio: np.ndarray, priority: int = FINAL) -> str:
-        """Text of ``audio`` (float32, 16 kHz mono); runs off the event loop."""
+    async def transcribe(self, audio: np.ndarray, priority: int = FINAL) -> Transcript:
+        """What ``audio`` (float32, 16 kHz mono) says; runs off the event loop."""
         future: Future = Future()
         kind = self.FINAL if priority == self.FINAL else self.INTERIM
         with self._cv:
@@ -139,13 +185,13 @@ class Transcriber:
             except Exception as exc:
                 future.set_exception(exc)
 
-    def _transcribe_blocking(self, audio: np.ndarray) -> str:
+    def _transcribe_blocking(self, audio: np.ndarray) -> Transcript:
         self.jobs += 1
         if len(audio) > (MAX_WINDOW_SECS - 1) * 16000:
             return self._transcribe_full(audio)
         return self._transcribe_window(audio)
 
-    def _transcribe_window(self, audio: np.ndarray) -> str:
+    def _transcribe_window(self, audio: np.ndarray) -> Transcript:
         """Greedy decode over an encoder window sized to the utterance.
 
         faster-whisper always encodes Whisper's full 30 s window, mostly padding. The
@@ -175,9 +221,13 @@ class Transcriber:
             suppress_blank=True,
             suppress_tokens=[-1],
             return_scores=True,
+            return_logits_vocab=True,
             return_no_speech_prob=True,
         )[0]
-        tokens = [t for t in result.sequences_ids[0] if t < self._tokenizer.eot]
+        ids = result.sequences_ids[0]
+        probabilities = _token_probabilities(result.logits[0], ids)
+        kept = [(t, p) for t, p in zip(ids, probabilities, strict=False) if t < self._tokenizer.eot]
+        tokens = [t for t, _ in kept]
         text = self._tokenizer.decode(tokens).strip()
         if len(tokens) >= int(8 + 6 * speech_secs) - 1 or looks_looped(text):
             # No end of text within a plausible length: the short window made the
@@ -187,10 +237,13 @@ class Transcriber:
             return self._transcribe_full(audio)
         # Whisper's own silence rule: likely no speech and a low-confidence decode.
         if result.no_speech_prob > 0.6 and result.scores[0] < -1.0:
-            return ""
-        return text
+            return Transcript("")
+        tail = last_word_probability(
+            [self._tokenizer.decode([t]) for t in tokens], [p for _, p in kept]
+        )
+        return Transcript(text, tail)
 
-    def _transcribe_full(self, audio: np.ndarray) -> str:
+    def _transcribe_full(self, audio: np.ndarray) -> Transcript:
         segments, _ = self.model.transcribe(
             audio,
             language="en",
@@ -201,7 +254,8 @@ class Transcriber:
             condition_on_previous_text=False,
             vad_filter=False,
         )
-        return " ".join(s.text.strip() for s in segments).strip()
+        # Long turns only; the last-word confidence is not computed on this path.
+        return Transcript(" ".join(s.text.strip() for s in segments).strip())
 
     def close(self) -> None:
         """Stop the workers; pending requests are cancelled."""

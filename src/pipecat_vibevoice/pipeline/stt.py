@@ -40,11 +40,14 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.utils.time import time_now_iso8601
 
 from .frames import ProbableSpeechEndFrame, SpeechOnsetFrame, SpeechResumedFrame
-from .models import Transcriber
+from .models import Transcriber, Transcript
 from .turns import smart_turn_probability, text_sounds_finished
 
 #: Whisper's window; longer turns are finalized when they reach it.
 MAX_TURN_SECS = 28.0
+#: Audio (beyond ``stop_secs``) a speculative transcript may miss and still be used:
+#: the quiet windows before it started plus scheduling jitter.
+SPECULATION_SLACK_SECS = 0.25
 
 
 def pcm16_to_float(pcm: bytes | bytearray) -> np.ndarray:
@@ -77,6 +80,7 @@ class StreamingWhisperSTT(FrameProcessor):
         onset_hold_secs: float = 0.5,
         short_turn_words: int = 3,
         short_turn_pause_secs: float = 0.6,
+        min_tail_confidence: float = 0.4,
         user_id: str = "user",
         **kwargs: Any,
     ) -> None:
@@ -102,6 +106,7 @@ class StreamingWhisperSTT(FrameProcessor):
         self._onset_hold = onset_hold_secs
         self._short_turn_words = short_turn_words
         self._short_turn_pause = short_turn_pause_secs
+        self._min_tail_confidence = min_tail_confidence
         self.turns = 0
 
     # -- frames ---------------------------------------------------------------------
@@ -189,7 +194,7 @@ class StreamingWhisperSTT(FrameProcessor):
     async def _interim(self, audio: np.ndarray) -> None:
         buffer = self._buffer
         try:
-            text = await self._transcriber.transcribe(audio, Transcriber.INTERIM)
+            text = (await self._transcriber.transcribe(audio, Transcriber.INTERIM)).text
             if text and buffer is self._buffer and self._finalize_task is None:
                 await self.push_frame(
                     InterimTranscriptionFrame(
@@ -227,17 +232,16 @@ class StreamingWhisperSTT(FrameProcessor):
         """Get the turn's transcript, decide whether the turn is over, emit it."""
         started = time.monotonic()
         spec = self._speculation
-        reused = spec is not None and spec.valid
         audio = self._snapshot()
+        reused = spec is not None and spec.valid and self._speculation_covers_speech(spec)
         try:
+            transcript: Transcript | None = None
             if reused:
-                text = await spec.task
-                if text is None:
-                    # The speculative run raised (pipecat's task manager logs it and
-                    # returns None): transcribe once more before giving up.
-                    text = await self._transcriber.transcribe(audio, Transcriber.FINAL)
-            else:
-                text = await self._transcriber.transcribe(audio, Transcriber.FINAL)
+                transcript = await spec.task
+            if transcript is None:
+                # No speculation, a stale one, or the speculative run raised (pipecat's
+                # task manager logs it and returns None): transcribe what we have.
+                transcript = await self._transcriber.transcribe(audio, Transcriber.FINAL)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -245,7 +249,12 @@ class StreamingWhisperSTT(FrameProcessor):
             self._end_turn()
             await self.push_error(f"speech recognition failed: {exc}", exception=exc)
             return
+        text = transcript.text
         finished = text_sounds_finished(text)
+        tail = transcript.tail_confidence
+        if finished and tail is not None and tail < self._min_tail_confidence:
+            # The judge reads the last word; a guessed one cannot end the turn early.
+            finished = False
         probability = None
         if finished and self._turn_session is not None:
             probability = await asyncio.to_thread(smart_turn_probability, self._turn_session, audio)
@@ -262,8 +271,9 @@ class StreamingWhisperSTT(FrameProcessor):
         if target > 0:
             wait = target - (time.monotonic() - silence_started)
             logger.debug(
-                f"{self}: turn may go on ({text!r}, finished={finished}, "
-                f"smart-turn={probability}); waiting {max(0.0, wait):.2f}s for more"
+                f"{self}: turn may go on ({text!r}, finished={finished}, last word "
+                f"p={tail if tail is None else round(tail, 2)}, smart-turn={probability}); "
+                f"waiting {max(0.0, wait):.2f}s for more"
             )
             if wait > 0:
                 await asyncio.sleep(wait)
@@ -288,6 +298,16 @@ class StreamingWhisperSTT(FrameProcessor):
                 text=text, user_id=self._user_id, timestamp=time_now_iso8601(), finalized=True
             )
         )
+
+    def _speculation_covers_speech(self, spec: _Speculation) -> bool:
+        """Whether a speculative transcript saw all of the speech VAD heard.
+
+        It was started a couple of quiet windows into the pause; if VAD's stop came
+        much more than ``stop_secs`` of audio later, the user spoke on softly (not
+        loud enough to cancel it) and its text misses words.
+        """
+        after_spec = len(self._buffer or b"") - spec.covered
+        return after_spec <= (self._stop_secs + SPECULATION_SLACK_SECS) * self._bytes_per_sec
 
     def _end_turn(self) -> None:
         # Audio that arrived after the transcript was taken may be the start of the

@@ -220,5 +220,3 @@ _HELP = {
     "store_url": "synthesis log: SQLite path, sqlite:///path or 'none'",
     "store_queue": "rows buffered for the store writer",
 }
-
-
