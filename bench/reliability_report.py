@@ -45,7 +45,7 @@ GROUPS = {
     "test_ws_faults": "Faults: bot `/ws` (hang-up, STT error, LLM error)",
     "test_fuzz_tts_protocol": "Bad input: fuzz of `/v1/tts/stream`",
     "test_fuzz_ws": "Bad input: fuzz of `/ws`",
-    "test_security": "Security: voice-name traversal, hostile preset, `/ws` origin",
+    "test_security": "Security: voice-name traversal, hostile preset, `/ws` origin and token",
     "test_protocol": "Security: TTS socket origin and token",
     "test_presets": "Security: preset unpickler refuses code",
 }

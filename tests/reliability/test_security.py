@@ -178,3 +178,26 @@ async def test_ws_refuses_a_foreign_browser_origin(bot_server, monkeypatch) -> N
         await asyncio.sleep(0.5)
         assert server.app.state.sessions.live, "the allowed origin was not served"
         await ws.ping()  # still open
+
+
+@pytest.mark.slow
+async def test_ws_requires_the_bearer_token_when_one_is_set(bot_server, monkeypatch) -> None:
+    """The server's token guards the voice socket as well as the TTS socket."""
+    server, _engine, _backend = bot_server
+    monkeypatch.setattr(server.app.state.settings.serving, "token", "s3cret")
+    sessions = server.app.state.sessions
+    total_before = sessions.total
+    url = f"ws://127.0.0.1:{server.port}/ws"
+    for attempt in (url, url + "?token=wrong"):
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            async with websockets.connect(attempt):
+                pass
+        assert refused.value.response.status_code == 403
+    assert sessions.total == total_before, "a refused client got a session"
+    async with websockets.connect(url + "?token=s3cret") as ws:
+        await asyncio.sleep(0.5)
+        assert sessions.total == total_before + 1
+        await ws.ping()
+    async with websockets.connect(url, additional_headers={"Authorization": "Bearer s3cret"}):
+        await asyncio.sleep(0.3)
+        assert sessions.total == total_before + 2

@@ -19,6 +19,7 @@ from pipecat.workers.runner import WorkerRunner
 
 from ..pipeline.builder import AUDIO_IN_RATE, AUDIO_OUT_RATE, build_voice_pipeline
 from ..pipeline.models import SharedModels
+from ..serving.limits import token_ok
 from .serializer import SafeProtobufSerializer
 from .settings import ServerSettings
 
@@ -81,6 +82,14 @@ async def run_session(
 ) -> None:
     """Accept the socket, run its pipeline until either side ends, clean up."""
     client = f"{websocket.client.host}:{websocket.client.port}" if websocket.client else "?"
+    token = settings.serving.token
+    if token and not token_ok(
+        token, websocket.headers.get("authorization"), websocket.scope.get("query_string", b"")
+    ):
+        # Refused before the handshake completes: no session, no pipeline, no models touched.
+        logger.warning(f"refused {client}: missing or wrong bearer token")
+        await websocket.close(code=1008, reason="a valid bearer token is required")
+        return
     if settings.max_sessions and len(registry.live) >= settings.max_sessions:
         await websocket.close(code=1013, reason="server busy: too many sessions")
         logger.warning(f"refused {client}: {len(registry.live)} sessions already")

@@ -185,7 +185,11 @@ async function connect() {
     await Promise.all([micCtx.resume(), playCtx.resume()]);
 
     const proto = location.protocol === "https:" ? "wss" : "ws";
-    ws = new WebSocket(`${proto}://${location.host}/ws`);
+    // A server started with a token wants it on the socket; browsers cannot set
+    // headers there, so the page passes on the ?token= it was opened with.
+    const token = new URLSearchParams(location.search).get("token");
+    const query = token ? `?token=${encodeURIComponent(token)}` : "";
+    ws = new WebSocket(`${proto}://${location.host}/ws${query}`);
     ws.binaryType = "arraybuffer";
     ws.onmessage = onSocketMessage;
     ws.onclose = (e) => { state.connected = false; setStatus(`disconnected (${e.code})`); teardown(); };
