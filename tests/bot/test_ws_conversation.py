@@ -70,7 +70,8 @@ async def test_short_pause_inside_a_sentence_gets_one_answer(bot_server, speech)
         await client.wait_bot_quiet(quiet_secs=1.5, timeout=40)
 
         finals = client.final_transcripts(after=start)
-        assert len(finals) == 1, f"the pause split the turn: {finals}"
+        turns = [line for line in bot_server.log().splitlines() if "user said" in line]
+        assert len(finals) == 1, f"the pause split the turn: {finals}; server: {turns[-3:]}"
         assert "table" in finals[0].lower() and "tonight" in finals[0].lower()
         answers = [m for _, m in client.events.messages if m.get("type") == "bot-llm-started"]
         assert len(answers) == 1, f"bot answered {len(answers)} times"
