@@ -160,7 +160,12 @@ async def test_two_streams_at_once_match_their_solo_runs(engine: TTSEngine) -> N
             for s in (11, 12)
         )
     )
-    assert list(together) == solo
+    # Concurrent streams share batched model steps (max_batch defaults to 8), whose
+    # matrix products round differently from a batch of one: equal to a few LSB.
+    for got, want in zip(together, solo, strict=True):
+        assert len(got) == len(want)
+        diff = np.abs(np.frombuffer(got, "<i2").astype(int) - np.frombuffer(want, "<i2"))
+        assert diff.max() <= 8
 
 
 async def test_empty_text_stream_is_an_error(engine: TTSEngine) -> None:

@@ -54,6 +54,9 @@ class TTSConfig:
         num_threads: CPU threads for inference (0 = library default).
         cfg_scale: VibeVoice classifier-free guidance scale.
         inference_steps: VibeVoice diffusion steps per latent.
+        max_batch: VibeVoice utterances stepped together in one batched model step
+            (several sessions on one GPU); more wait in FIFO order. 1 runs every
+            utterance in its own loop, unbatched.
         cache_dir: Where derived artefacts (Piper's split streaming graphs) are kept.
         allow_download: Let VibeVoice fetch weights from the hub (off: never any network).
 
@@ -73,6 +76,7 @@ class TTSConfig:
     num_threads: int = 0
     cfg_scale: float = 1.5
     inference_steps: int = 5
+    max_batch: int = 8
     cache_dir: str | None = None
     allow_download: bool = False
 
@@ -110,6 +114,8 @@ class TTSConfig:
             raise ConfigError(f"cfg_scale must be within (0, 10], got {self.cfg_scale}")
         if not 1 <= self.inference_steps <= 100:
             raise ConfigError(f"inference_steps must be within 1..100, got {self.inference_steps}")
+        if not 1 <= self.max_batch <= 64:
+            raise ConfigError(f"max_batch must be within 1..64, got {self.max_batch}")
 
     @property
     def chunk_samples(self) -> int:
@@ -157,6 +163,7 @@ class TTSConfig:
             "num_threads": "CPU inference threads (0 = library default)",
             "cfg_scale": "VibeVoice classifier-free guidance scale",
             "inference_steps": "VibeVoice diffusion steps per latent",
+            "max_batch": "VibeVoice utterances batched into one model step (1 = unbatched)",
             "cache_dir": "directory for derived model files",
             "allow_download": "allow fetching VibeVoice weights from the hub",
         }

@@ -108,6 +108,9 @@ class TTSEngine:
         self._load_errors: list[str] = []
         self._active = 0
         self._stats = {"utterances": 0, "failures": 0, "audio_s": 0.0}
+        # Admission gate for batching backends (see _stream_slots), one per event loop.
+        self._slots: asyncio.Semaphore | None = None
+        self._slots_loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -142,8 +145,7 @@ class TTSEngine:
                 backend.warmup()
             except Exception as exc:  # a failing warm-up is logged, real requests will tell
                 logger.warning(f"TTS warm-up of {backend.name} failed: {exc}")
-            workers = max(1, min(4, os.cpu_count() or 2))
-            self._executor = ThreadPoolExecutor(workers, thread_name_prefix="tts")
+            self._executor = ThreadPoolExecutor(_pool_width(backend), thread_name_prefix="tts")
             self._backend = backend
             logger.info(
                 f"TTS engine ready: {backend.name} ({', '.join(backend.voices()[:5])}) "
@@ -496,10 +498,37 @@ class TTSEngine:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await feeder
 
+    def _stream_slots(self, backend: SpeechBackend) -> asyncio.Semaphore | None:
+        """The gate that admits at most ``backend.concurrent_streams()`` streams at once.
+
+        A batching backend blocks a worker thread per running stream until its next
+        batched step; a stream queued inside the backend would block one too, and with
+        enough of them every worker would wait on a queued stream while the running
+        ones never get a thread to take their audio. Extra streams therefore wait here,
+        on the event loop, holding no thread. None for backends that do not batch.
+        """
+        limit = backend.concurrent_streams()
+        if not limit:
+            return None
+        loop = asyncio.get_running_loop()
+        if self._slots is None or self._slots_loop is not loop:
+            self._slots, self._slots_loop = asyncio.Semaphore(limit), loop
+        return self._slots
+
     async def _pull_one(
         self, backend: SpeechBackend, request: SynthesisRequest, text: str
     ) -> AsyncIterator[AudioPiece]:
         """One backend ``stream`` call, pulled one piece per worker call."""
+        slots = self._stream_slots(backend)
+        async with slots if slots is not None else contextlib.nullcontext():
+            async with contextlib.aclosing(self._pull_admitted(backend, request, text)) as inner:
+                async for piece in inner:
+                    yield piece
+
+    async def _pull_admitted(
+        self, backend: SpeechBackend, request: SynthesisRequest, text: str
+    ) -> AsyncIterator[AudioPiece]:
+        """The pulling of :meth:`_pull_one`, once the stream may run."""
         loop = asyncio.get_running_loop()
         executor = self._executor
         segment_request = SynthesisRequest(
@@ -636,6 +665,12 @@ def _clean_piece(piece: str) -> str:
         " " if (unicodedata.category(ch) in ("Cc", "Cf") and ch not in "\n\u200d") else ch
         for ch in unicodedata.normalize("NFC", piece)
     )
+
+
+def _pool_width(backend: SpeechBackend) -> int:
+    """Worker threads: up to 4 (CPU-bound backends), at least what a batching backend serves."""
+    workers = max(1, min(4, os.cpu_count() or 2))
+    return max(workers, backend.concurrent_streams() or 0)
 
 
 def _submit_or_run(executor: ThreadPoolExecutor | None, fn: Callable[[], None]) -> None:

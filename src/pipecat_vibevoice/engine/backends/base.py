@@ -164,6 +164,16 @@ class SpeechBackend(ABC):
     def unload(self) -> None:
         """Free model memory. The backend may be loaded again afterwards."""
 
+    def concurrent_streams(self) -> int | None:
+        """How many streams this backend serves at once, if it batches them; else None.
+
+        A batching backend's ``stream`` blocks a worker thread while its utterance
+        waits for the next batched step, so the engine gives it at least this many
+        worker threads and admits at most this many streams at a time (more would
+        hold threads while queued and starve the running ones).
+        """
+        return None
+
     def describe(self) -> dict[str, Any]:
         """Facts for the health check (model path, device, dtype...)."""
         return {"engine": self.name, "native_sample_rate": self.sample_rate}

@@ -102,6 +102,7 @@ class VibeVoiceBackend(SpeechBackend):
         self._preset_paths: dict[str, Path] = {}
         self._presets: dict[str, Any] = {}
         self._preset_lock = threading.Lock()
+        self._batcher: Any = None  # VibeVoiceBatcher when config.max_batch > 1
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -131,12 +132,20 @@ class VibeVoiceBackend(SpeechBackend):
                 torch.set_num_threads(self.config.num_threads)
         self._model = load_model(self.model_dir, self.device, self.dtype)
         self._preset(self.voices()[0])  # load and check the default voice now
+        if self.config.max_batch > 1:
+            from .batcher import VibeVoiceBatcher
+
+            self._batcher = VibeVoiceBatcher(self._model, self.config.max_batch)
         logger.info(
             f"VibeVoice ready on {self.device} ({self.dtype}), "
-            f"{len(self._preset_paths)} voices from {', '.join(map(str, self.voice_dirs))}"
+            f"{len(self._preset_paths)} voices from {', '.join(map(str, self.voice_dirs))}, "
+            f"batching up to {self.config.max_batch} utterances per step"
         )
 
     def unload(self) -> None:
+        batcher, self._batcher = self._batcher, None
+        if batcher is not None:
+            batcher.close()
         self._model = None
         self._presets.clear()
         gc.collect()
@@ -169,10 +178,19 @@ class VibeVoiceBackend(SpeechBackend):
             "cfg_scale": self.config.cfg_scale,
             "inference_steps": self.config.inference_steps,
             "streaming_text_input": True,
+            "max_batch": self.config.max_batch,
+            "batch_size": 0,
         }
+        if self._batcher is not None:
+            batch = self._batcher.describe()
+            info.update(batch_size=batch["batch_size"], batch_active=batch["active_utterances"])
         if self._model is not None:
             info["parameters"] = sum(p.numel() for p in self._model.parameters())
         return info
+
+    def concurrent_streams(self) -> int | None:
+        """``max_batch`` when batching: each running stream holds a worker between steps."""
+        return self._batcher.max_batch if self._batcher is not None else None
 
     def warmup(self) -> None:
         """Two latents of "Hello." — enough to touch every kernel once."""
@@ -239,14 +257,22 @@ class VibeVoiceBackend(SpeechBackend):
         else:
             tokens = TextTokenStream.whole(self.encode, request.text)
         noise = TorchNoise(request.options.get("seed"), device=model.device)
-        for item in generate(model, preset, tokens, settings, noise, request.stop):
-            if item is WAITING:
-                yield AudioPiece(np.zeros(0, np.float32), waiting_for_text=True)
-                continue
-            if not item.kept:
-                continue
-            span = tokens.char_span(*item.tokens)
-            if span is None:  # speech after the text ran out: no new text in this window
-                end = len(tokens.text.rstrip())
-                span = (end, end)
-            yield AudioPiece(item.audio, text_span=span)
+        if self._batcher is not None:
+            # Same items as generate(), stepped together with the other streams.
+            items = self._batcher.submit(preset, tokens, settings, noise, request.stop)
+        else:
+            items = generate(model, preset, tokens, settings, noise, request.stop)
+        try:
+            for item in items:
+                if item is WAITING:
+                    yield AudioPiece(np.zeros(0, np.float32), waiting_for_text=True)
+                    continue
+                if not item.kept:
+                    continue
+                span = tokens.char_span(*item.tokens)
+                if span is None:  # speech after the text ran out: no new text in this window
+                    end = len(tokens.text.rstrip())
+                    span = (end, end)
+                yield AudioPiece(item.audio, text_span=span)
+        finally:
+            items.close()  # leaves the batch (or closes the generator) at once
