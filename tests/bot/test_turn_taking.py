@@ -144,3 +144,34 @@ async def test_a_fresh_speculative_transcript_is_reused():
 def test_last_word_probability_ignores_punctuation(tokens, probabilities, expected):
     got = last_word_probability(tokens, probabilities)
     assert got == (pytest.approx(expected) if expected is not None else None)
+
+
+async def test_interim_transcripts_that_pile_up_are_shed_oldest_first(speech):
+    """Six partial transcripts at once: the worker decodes a few, the stale ones come
+    back empty at once instead of holding the CPU; final ones are never shed."""
+    import asyncio
+
+    from faster_whisper import WhisperModel
+
+    from pipecat_vibevoice.pipeline.models import (
+        MAX_PENDING_INTERIM,
+        Transcriber,
+        bundled_whisper_path,
+    )
+
+    model = WhisperModel(
+        str(bundled_whisper_path()), device="cpu", compute_type="int8", cpu_threads=1
+    )
+    transcriber = Transcriber(model)
+    try:
+        audio = speech["question"].astype(np.float32) / 32768.0
+        interim = [transcriber.transcribe(audio, Transcriber.INTERIM) for _ in range(6)]
+        finals = [transcriber.transcribe(audio, Transcriber.FINAL) for _ in range(3)]
+        results = await asyncio.gather(*interim, *finals)
+        interim_texts = [r.text for r in results[:6]]
+        assert transcriber.shed >= 6 - 1 - MAX_PENDING_INTERIM, interim_texts
+        assert interim_texts.count("") == transcriber.shed
+        assert "time is it" in interim_texts[-1].lower(), "the newest must be decoded"
+        assert all("time is it" in r.text.lower() for r in results[6:]), "finals are never shed"
+    finally:
+        transcriber.close()

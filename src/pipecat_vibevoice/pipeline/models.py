@@ -30,6 +30,10 @@ from .config import BotConfig
 MAX_WINDOW_SECS = 30
 #: Shortest encoder window; more silence after the speech makes decoding loops rarer.
 MIN_WINDOW_SECS = 8
+#: Interim transcripts waiting for the interim worker beyond this many are shed (the
+#: oldest first): under load a late partial transcript is worthless, and decoding it
+#: takes CPU from the final transcripts and the voice that conversations wait for.
+MAX_PENDING_INTERIM = 2
 
 
 def looks_looped(text: str) -> bool:
@@ -128,7 +132,9 @@ class Transcriber:
     transcript (its own or another session's), so final transcripts have their own
     worker; interim ones run on the other and are simply skipped by the recognizer
     while one is in flight. The model is loaded once with two CTranslate2 workers
-    (weights shared), so the two calls really run in parallel.
+    (weights shared), so the two calls really run in parallel. Interim requests that
+    pile up behind the interim worker (many conversations at once) are shed, oldest
+    first, beyond :data:`MAX_PENDING_INTERIM`: their callers get an empty transcript.
     """
 
     FINAL = 0
@@ -151,6 +157,7 @@ class Transcriber:
         self._closed = False
         self.jobs = 0
         self.fallbacks = 0
+        self.shed = 0
         self._threads = [
             threading.Thread(target=self._run, args=(kind,), name=f"stt-{kind}", daemon=True)
             for kind in (self.FINAL, self.INTERIM)
@@ -165,7 +172,13 @@ class Transcriber:
         with self._cv:
             if self._closed:
                 raise RuntimeError("transcriber is closed")
-            heapq.heappush(self._queues[kind], (next(self._counter), audio, future))
+            queue = self._queues[kind]
+            heapq.heappush(queue, (next(self._counter), audio, future))
+            while kind == self.INTERIM and len(queue) > MAX_PENDING_INTERIM:
+                _, _, stale = heapq.heappop(queue)
+                if stale.set_running_or_notify_cancel():
+                    stale.set_result(Transcript(""))  # the caller shows nothing new
+                self.shed += 1
             self._cv.notify_all()
         return await asyncio.wrap_future(future)
 
@@ -288,6 +301,7 @@ class SharedModels:
                 "model": self.stt_model_path,
                 "transcriptions": self.transcriber.jobs,
                 "full_window_fallbacks": self.transcriber.fallbacks,
+                "interim_shed": self.transcriber.shed,
             },
             "vad": "silero (pipecat bundled onnx)",
             "smart_turn": self.turn_session is not None,
