@@ -250,7 +250,7 @@ def test_at_most_max_batch_run_and_the_rest_wait_in_order(
 
 
 def test_step_errors_reach_the_utterances_and_the_thread_survives(
-    tiny_model, tiny_preset, encode, batcher, monkeypatch
+    tiny_model, tiny_preset, encode, batcher, monkeypatch, no_eos
 ) -> None:
     original = tiny_model.decode
 
@@ -264,7 +264,8 @@ def test_step_errors_reach_the_utterances_and_the_thread_survives(
     monkeypatch.setattr(tiny_model, "decode", original)
     assert batcher.alive and batcher.active == 0
     settings = GenerationSettings(max_latents=2, inference_steps=1)
-    items = list(batcher.submit(tiny_preset, TextTokenStream.whole(encode, "Hi."), settings))
+    tokens = TextTokenStream.whole(encode, "Hi.")
+    items = list(batcher.submit(tiny_preset, tokens, settings, TorchNoise(8)))
     assert len(items) == 2
 
 

@@ -216,6 +216,7 @@ class TTSEngine:
         """Free the model (and the CUDA cache). The engine can be initialised again."""
         backend, self._backend = self._backend, None
         executor, self._executor = self._executor, None
+        self._slots = self._slots_loop = None  # the next backend may serve another width
         if executor is not None:
             executor.shutdown(wait=False, cancel_futures=True)
         if backend is not None:
