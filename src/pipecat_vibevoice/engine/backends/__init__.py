@@ -16,7 +16,9 @@ def make_piper(config: TTSConfig) -> SpeechBackend:
     from .piper import PiperBackend
 
     cache = Path(config.cache_dir) / "piper" if config.cache_dir else None
-    return PiperBackend(cache_dir=cache, num_threads=config.num_threads)
+    return PiperBackend(
+        cache_dir=cache, num_threads=config.num_threads, release_memory=config.release_memory
+    )
 
 
 def make_vibevoice(config: TTSConfig) -> SpeechBackend:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from loguru import logger
 
+from ..memory import pin_mmap_threshold
 from .base import AudioPiece, BackendUnavailable, SpeechBackend, SynthesisRequest
 
 #: Frames per decoder window: small first (fast first chunk), then larger (efficiency).
@@ -78,6 +79,7 @@ class PiperBackend(SpeechBackend):
         cache_dir: Path | None = None,
         num_threads: int = 0,
         schedule: tuple[int, ...] = DEFAULT_SCHEDULE,
+        release_memory: bool = True,
     ) -> None:
         if model_path is None:
             model_path, default_config = bundled_voice_files()
@@ -87,6 +89,7 @@ class PiperBackend(SpeechBackend):
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.num_threads = num_threads
         self.schedule = schedule
+        self.release_memory = release_memory
         self.voice_name = self.model_path.name.removesuffix(".onnx")
         self._phonemizer: Any = None
         self._frontend: Any = None
@@ -94,6 +97,8 @@ class PiperBackend(SpeechBackend):
         self._seam: Any = None
         self._frontend_inputs: list[str] = []
         self._hop = 256
+        self._plain_run: Any = None
+        self._releasing_run: Any = None  # shrinks the arena after the run (see .memory)
         self._scales = np.array([0.667, 1.0, 0.8], dtype=np.float32)
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -130,6 +135,13 @@ class PiperBackend(SpeechBackend):
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if self.num_threads:
             options.intra_op_num_threads = self.num_threads
+        self._plain_run = ort.RunOptions()
+        self._releasing_run = ort.RunOptions()
+        if self.release_memory:
+            pin_mmap_threshold()
+            self._releasing_run.add_run_config_entry(
+                "memory.enable_memory_arena_shrinkage", "cpu:0"
+            )
         providers = ["CPUExecutionProvider"]
         self._frontend = ort.InferenceSession(
             str(split_dir / split.frontend), options, providers=providers
@@ -194,8 +206,9 @@ class PiperBackend(SpeechBackend):
             "input_lengths": np.array([ids_array.shape[1]], dtype=np.int64),
             "scales": scales,
         }
+        # Once per segment: its scratch memory is given back right away.
         outputs = self._frontend.run(
-            None, {k: v for k, v in feed.items() if k in self._frontend_inputs}
+            None, {k: v for k, v in feed.items() if k in self._frontend_inputs}, self._releasing_run
         )
         return outputs[0], outputs[1]
 
@@ -214,8 +227,13 @@ class PiperBackend(SpeechBackend):
                 return
             end = min(start + self.schedule[min(window, len(self.schedule) - 1)], frames)
             lo, hi = max(0, start - LEFT_CONTEXT), min(frames, end + RIGHT_CONTEXT)
+            # The arena keeps its memory between the windows of a segment and gives it
+            # back after the last one.
+            options = self._releasing_run if end >= frames else self._plain_run
             out = self._decoder.run(
-                None, {self._seam.z_p: latent[:, :, lo:hi], self._seam.mask: mask[:, :, lo:hi]}
+                None,
+                {self._seam.z_p: latent[:, :, lo:hi], self._seam.mask: mask[:, :, lo:hi]},
+                options,
             )[0]
             audio = np.asarray(out, dtype=np.float32).reshape(-1)
             offset = (start - lo) * self._hop
