@@ -175,3 +175,32 @@ async def test_interim_transcripts_that_pile_up_are_shed_oldest_first(speech):
         assert all("time is it" in r.text.lower() for r in results[6:]), "finals are never shed"
     finally:
         transcriber.close()
+
+
+async def test_an_interim_transcript_waits_while_final_ones_run(speech):
+    import asyncio
+
+    from faster_whisper import WhisperModel
+
+    from pipecat_vibevoice.pipeline.models import Transcriber, bundled_whisper_path
+
+    model = WhisperModel(
+        str(bundled_whisper_path()), device="cpu", compute_type="int8", cpu_threads=1
+    )
+    transcriber = Transcriber(model)
+    done: list[str] = []
+
+    async def run(name: str, priority: int) -> None:
+        await transcriber.transcribe(audio, priority)
+        done.append(name)
+
+    try:
+        audio = speech["question"].astype(np.float32) / 32768.0
+        await asyncio.gather(
+            run("final-1", Transcriber.FINAL),
+            run("interim", Transcriber.INTERIM),
+            run("final-2", Transcriber.FINAL),
+        )
+        assert done == ["final-1", "final-2", "interim"], done
+    finally:
+        transcriber.close()

@@ -135,6 +135,8 @@ class Transcriber:
     (weights shared), so the two calls really run in parallel. Interim requests that
     pile up behind the interim worker (many conversations at once) are shed, oldest
     first, beyond :data:`MAX_PENDING_INTERIM`: their callers get an empty transcript.
+    And an interim decode never starts while a final one runs or waits: on a small box
+    the two share the cores, and a conversation waiting for its answer comes first.
     """
 
     FINAL = 0
@@ -158,6 +160,7 @@ class Transcriber:
         self.jobs = 0
         self.fallbacks = 0
         self.shed = 0
+        self._finals_running = 0
         self._threads = [
             threading.Thread(target=self._run, args=(kind,), name=f"stt-{kind}", daemon=True)
             for kind in (self.FINAL, self.INTERIM)
@@ -182,21 +185,34 @@ class Transcriber:
             self._cv.notify_all()
         return await asyncio.wrap_future(future)
 
+    def _blocked(self, kind: int) -> bool:
+        """Whether the worker of ``kind`` must wait (caller holds the lock)."""
+        if not self._queues[kind]:
+            return True
+        return kind == self.INTERIM and bool(self._queues[self.FINAL] or self._finals_running)
+
     def _run(self, kind: int) -> None:
         queue = self._queues[kind]
         while True:
             with self._cv:
-                while not queue and not self._closed:
+                while self._blocked(kind) and not self._closed:
                     self._cv.wait()
                 if self._closed:
                     return
                 _, audio, future = heapq.heappop(queue)
-            if not future.set_running_or_notify_cancel():
-                continue
+                if kind == self.FINAL:
+                    self._finals_running += 1
             try:
-                future.set_result(self._transcribe_blocking(audio))
-            except Exception as exc:
-                future.set_exception(exc)
+                if future.set_running_or_notify_cancel():
+                    try:
+                        future.set_result(self._transcribe_blocking(audio))
+                    except Exception as exc:
+                        future.set_exception(exc)
+            finally:
+                if kind == self.FINAL:
+                    with self._cv:
+                        self._finals_running -= 1
+                        self._cv.notify_all()
 
     def _transcribe_blocking(self, audio: np.ndarray) -> Transcript:
         self.jobs += 1
