@@ -196,3 +196,25 @@ async def test_speech_gate_pauses_early_and_announces_speech(speech):
     # No user turn was open: Pipecat's interruption flushes, the gate stays quiet.
     assert "playback-flush" not in types and "playback-resume" not in types
     assert any(m["type"] == "error" and "44100" in m["data"]["error"] for m in messages)
+
+
+async def test_recognizer_threads_can_run_at_a_lower_priority():
+    """--stt-nice lowers the loading thread (CTranslate2's threads inherit it) only."""
+    import os
+    import threading
+
+    from pipecat_vibevoice.pipeline.models import run_in_lowered_thread
+
+    def nice_of_this_thread() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    base = nice_of_this_thread()
+    if base + 3 > 19:
+        pytest.skip("already at the lowest priority")
+    assert await run_in_lowered_thread(3, nice_of_this_thread, name="t") == base + 3
+    assert await run_in_lowered_thread(0, nice_of_this_thread, name="t") == base
+    assert nice_of_this_thread() == base, "the caller's own priority must not change"
+    with pytest.raises(ZeroDivisionError):
+        await run_in_lowered_thread(1, lambda: 1 / 0, name="t")
+    with pytest.raises(BotConfigError, match="stt_nice"):
+        BotConfig(stt_nice=25)

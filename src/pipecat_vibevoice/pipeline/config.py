@@ -35,6 +35,10 @@ class BotConfig:
         stt_threads: CPU threads per transcription.
         stt_interim_secs: Transcribe the growing utterance every this many seconds
             of new speech (0 turns interim transcripts off).
+        stt_nice: How much lower than the rest of the process the speech recognizer's
+            compute threads run (Linux nice increment; 0 = same). On saturated cores a
+            positive value keeps the bot's voice smooth and barge-in fast at the cost of
+            slower answers (measured trade-off in docs/reliability.md).
         vad_confidence: Silero confidence that counts as speech.
         vad_start_secs: Speech needed to confirm a user turn (and interrupt the bot).
         vad_stop_secs: Silence needed before the end of a turn is considered.
@@ -72,6 +76,7 @@ class BotConfig:
     stt_model_path: str | None = None
     stt_threads: int = 2
     stt_interim_secs: float = 1.0
+    stt_nice: int = 0
     vad_confidence: float = 0.7
     vad_start_secs: float = 0.2
     vad_stop_secs: float = 0.2
@@ -127,6 +132,8 @@ class BotConfig:
             raise BotConfigError("onset_windows and end_windows must be at least 1")
         if self.stt_threads < 1:
             raise BotConfigError(f"stt_threads must be at least 1, got {self.stt_threads}")
+        if not 0 <= self.stt_nice <= 19:
+            raise BotConfigError(f"stt_nice must be within 0..19, got {self.stt_nice}")
         if self.stt_interim_secs < 0:
             raise BotConfigError(f"stt_interim_secs must be >= 0, got {self.stt_interim_secs}")
         if self.llm_url is not None and not self.llm_url.startswith(("http://", "https://")):
@@ -187,6 +194,12 @@ class BotConfig:
             type=float,
             default=d["stt_interim_secs"].default,
             help="interim transcript every N s of speech, 0 = off (default: %(default)s)",
+        )
+        g.add_argument(
+            "--stt-nice",
+            type=int,
+            default=d["stt_nice"].default,
+            help="lower the recognizer threads' priority by N, 0..19 (default: %(default)s)",
         )
         g.add_argument(
             "--vad-confidence",
@@ -278,6 +291,7 @@ class BotConfig:
             stt_model_path=args.stt_model_path,
             stt_threads=args.stt_threads,
             stt_interim_secs=args.stt_interim_secs,
+            stt_nice=args.stt_nice,
             vad_confidence=args.vad_confidence,
             vad_start_secs=args.vad_start_secs,
             vad_stop_secs=args.vad_stop_secs,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import os
 import threading
 import time
 from concurrent.futures import Future
@@ -192,6 +193,9 @@ class Transcriber:
         return kind == self.INTERIM and bool(self._queues[self.FINAL] or self._finals_running)
 
     def _run(self, kind: int) -> None:
+        # Not niced: this Python thread takes the GIL, and a descheduled low-priority
+        # GIL holder stalls the event loop (priority inversion). Only CTranslate2's own
+        # compute threads, which run without the GIL, are lowered (at load).
         queue = self._queues[kind]
         while True:
             with self._cv:
@@ -298,6 +302,54 @@ class Transcriber:
             future.cancel()
 
 
+def lower_thread_priority(nice: int) -> bool:
+    """Raise the calling thread's nice value by ``nice`` (Linux: niceness is per thread).
+
+    Threads created afterwards by this thread inherit it — which is how CTranslate2's
+    worker and OpenMP threads, started while the model loads, get it too.
+    """
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return False
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
+        return True
+    except OSError as exc:
+        logger.debug(f"could not lower thread priority: {exc}")
+        return False
+
+
+async def run_in_lowered_thread(nice: int, fn: Any, name: str) -> Any:
+    """Run ``fn`` in a fresh thread whose priority is lowered by ``nice`` first.
+
+    A fresh thread, not the event loop's pool: a pooled thread would keep the lower
+    priority for whatever runs on it next.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future = loop.create_future()
+
+    def target() -> None:
+        lower_thread_priority(nice)
+        try:
+            result = fn()
+        except BaseException as exc:  # handed to the awaiting coroutine
+            loop.call_soon_threadsafe(_settle, future, None, exc)
+        else:
+            loop.call_soon_threadsafe(_settle, future, result, None)
+
+    threading.Thread(target=target, name=name, daemon=True).start()
+    return await future
+
+
+def _settle(future: asyncio.Future, result: Any, exc: BaseException | None) -> None:
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
+
+
 @dataclass
 class SharedModels:
     """Everything heavy a conversation needs, loaded once per process."""
@@ -357,7 +409,9 @@ async def load_shared_models(
             local_files_only=True,
         )
 
-    whisper = await asyncio.to_thread(timed, "stt", load_whisper)
+    whisper = await run_in_lowered_thread(
+        bot_config.stt_nice, lambda: timed("stt", load_whisper), name="stt-load"
+    )
     vad = await asyncio.to_thread(
         timed,
         "vad",
