@@ -82,3 +82,37 @@ def test_rss_stays_near_the_loaded_size_over_repeated_utterances():
     loaded, after = asyncio.run(run())
     grown = (after - loaded) / 2**20
     assert grown < 50, f"RSS {loaded / 2**20:.0f} -> {after / 2**20:.0f} MiB (+{grown:.0f})"
+
+
+def test_a_stream_cut_short_gives_its_memory_back_once_idle():
+    """Cancelled streams never reach their last window; the engine releases when idle."""
+
+    async def run() -> tuple[float, float, int]:
+        engine = TTSEngine(TTSConfig(engine="piper"))
+        await engine.initialize()
+        backend = engine.backend
+        calls = 0
+        original = backend.release_idle_memory
+
+        def counted() -> None:
+            nonlocal calls
+            calls += 1
+            original()
+
+        backend.release_idle_memory = counted
+        process = psutil.Process()
+        try:
+            loaded = process.memory_info().rss
+            for n in range(30):
+                stream = engine.synthesize_streaming(f"Number {n}. {TEXTS[1]} {TEXTS[0]}")
+                await anext(stream)
+                await stream.aclose()
+            await asyncio.sleep(0.3)  # the release runs on a worker thread
+            return loaded, process.memory_info().rss, calls
+        finally:
+            await engine.cleanup()
+
+    loaded, after, calls = asyncio.run(run())
+    assert calls == 30
+    grown = (after - loaded) / 2**20
+    assert grown < 30, f"RSS {loaded / 2**20:.0f} -> {after / 2**20:.0f} MiB (+{grown:.0f})"

@@ -107,6 +107,7 @@ class TTSEngine:
         self._fallback_reason: str | None = None
         self._load_errors: list[str] = []
         self._active = 0
+        self._cut_short = False  # a stream ended early since the model was last idle
         self._stats = {"utterances": 0, "failures": 0, "audio_s": 0.0}
         # Admission gate for batching backends (see _stream_slots), one per event loop.
         self._slots: asyncio.Semaphore | None = None
@@ -391,6 +392,12 @@ class TTSEngine:
             request.stop.set()
             await source.aclose()
             self._active -= 1
+            self._cut_short = self._cut_short or outcome != "ok"
+            if self._active == 0 and self._cut_short:
+                # A stream stopped before its end keeps the model's scratch memory;
+                # with nothing else running, give it back now (off the audio path).
+                self._cut_short = False
+                _submit_or_run(self._executor, backend.release_idle_memory)
             self._stats["utterances"] += 1
             audio_s = pipeline.samples_out / self.config.sample_rate
             self._stats["audio_s"] += audio_s

@@ -164,6 +164,14 @@ class SpeechBackend(ABC):
     def unload(self) -> None:
         """Free model memory. The backend may be loaded again afterwards."""
 
+    def release_idle_memory(self) -> None:
+        """Give scratch memory back while no stream runs (called from a worker thread).
+
+        Streams normally release at their end; one cut short (cancelled, failed) may
+        leave it held until the next one completes. Default: nothing to do.
+        """
+        return None
+
     def concurrent_streams(self) -> int | None:
         """How many streams this backend serves at once, if it batches them; else None.
 

@@ -97,6 +97,7 @@ class PiperBackend(SpeechBackend):
         self._seam: Any = None
         self._frontend_inputs: list[str] = []
         self._hop = 256
+        self._latent_channels = 192
         self._plain_run: Any = None
         self._releasing_run: Any = None  # shrinks the arena after the run (see .memory)
         self._scales = np.array([0.667, 1.0, 0.8], dtype=np.float32)
@@ -150,12 +151,31 @@ class PiperBackend(SpeechBackend):
             str(split_dir / split.decoder), options, providers=providers
         )
         self._seam = split.seam
+        shapes = {i.name: i.shape for i in self._decoder.get_inputs()}
+        channels = shapes.get(split.seam.z_p, [None, None])[1]
+        self._latent_channels = channels if isinstance(channels, int) else 192
         self._frontend_inputs = list(split.frontend_inputs)
         self._hop = split.hop
         logger.info(
             f"Piper voice {self.voice_name} loaded ({self.sample_rate} Hz, "
             f"split graphs in {split_dir})"
         )
+
+    def release_idle_memory(self) -> None:
+        """One decoder run of a single frame with the arena-shrinking run options.
+
+        ONNX Runtime shrinks an arena only at the end of a run; a stream stopped before
+        its last window never gets there, so this ~1 ms run does it instead.
+        """
+        decoder = self._decoder
+        if not self.release_memory or decoder is None or self._seam is None:
+            return
+        channels = self._latent_channels
+        feed = {
+            self._seam.z_p: np.zeros((1, channels, 1), dtype=np.float32),
+            self._seam.mask: np.ones((1, 1, 1), dtype=np.float32),
+        }
+        decoder.run(None, feed, self._releasing_run)
 
     def unload(self) -> None:
         self._frontend = self._decoder = self._phonemizer = None
