@@ -35,7 +35,10 @@ async def test_word_error_rate_is_low(piper_engine: TTSEngine, whisper, speed, p
             np.float32
         )
         audio16k = soxr.resample(audio / 32768.0, 24000, 16000)
-        segments, _ = whisper.transcribe(audio16k, language="en", beam_size=1)
+        # Whisper's standard beam search: greedy decoding of tiny.en alone scored this
+        # (randomly sampled) voice anywhere from 0 to 0.17 WER at 1.25x/1.15 over six
+        # runs, beam 5 from 0 to 0.02 — the test is about the voice, not the decoder.
+        segments, _ = whisper.transcribe(audio16k, language="en", beam_size=5)
         hypotheses.append(" ".join(s.text for s in segments))
         references.append(sentence)
     transform = jiwer.Compose(
