@@ -115,20 +115,25 @@ def bot_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BotServer]:
     stop_bot(server)
 
 
-@pytest.fixture(scope="session")
-def speech() -> dict[str, np.ndarray]:
-    """The test user's phrases as int16 16 kHz audio, made by our engine at test time."""
+def synthesize_phrases(phrases: dict[str, str], rate: int = MIC_RATE) -> dict[str, np.ndarray]:
+    """Int16 audio at ``rate`` for each phrase, spoken by our engine's bundled voice."""
     from pipecat_vibevoice.engine import TTSConfig, TTSEngine
 
     async def make() -> dict[str, np.ndarray]:
-        engine = TTSEngine(TTSConfig(engine="piper", sample_rate=MIC_RATE))
+        engine = TTSEngine(TTSConfig(engine="piper", sample_rate=rate))
         await engine.initialize()
         try:
-            return {name: await engine.synthesize(text) for name, text in PHRASES.items()}
+            return {name: await engine.synthesize(text) for name, text in phrases.items()}
         finally:
             await engine.cleanup()
 
     return asyncio.run(make())
+
+
+@pytest.fixture(scope="session")
+def speech() -> dict[str, np.ndarray]:
+    """The test user's phrases as int16 16 kHz audio, made by our engine at test time."""
+    return synthesize_phrases(PHRASES)
 
 
 def silence(seconds: float) -> np.ndarray:

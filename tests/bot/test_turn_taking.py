@@ -8,6 +8,7 @@ early, and a speculative transcript that missed speech is never used.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +24,12 @@ from pipecat.frames.frames import (
 from pipecat.tests.utils import SleepFrame, run_test
 
 from pipecat_vibevoice.pipeline.frames import ProbableSpeechEndFrame
-from pipecat_vibevoice.pipeline.models import Transcript, last_word_probability
+from pipecat_vibevoice.pipeline.models import (
+    MAX_PENDING_INTERIM,
+    Transcriber,
+    Transcript,
+    last_word_probability,
+)
 from pipecat_vibevoice.pipeline.stt import StreamingWhisperSTT
 
 RATE = 16000
@@ -146,61 +152,51 @@ def test_last_word_probability_ignores_punctuation(tokens, probabilities, expect
     assert got == (pytest.approx(expected) if expected is not None else None)
 
 
-async def test_interim_transcripts_that_pile_up_are_shed_oldest_first(speech):
+@pytest.fixture(scope="module")
+def whisper_model():
+    """The bundled faster-whisper tiny.en, loaded once for the scheduling tests."""
+    from faster_whisper import WhisperModel
+
+    from pipecat_vibevoice.pipeline.models import bundled_whisper_path
+
+    return WhisperModel(
+        str(bundled_whisper_path()), device="cpu", compute_type="int8", cpu_threads=1
+    )
+
+
+@pytest.fixture
+def transcriber(whisper_model):
+    """A fresh :class:`Transcriber` (its own queues and workers) over the shared model."""
+    transcriber = Transcriber(whisper_model)
+    yield transcriber
+    transcriber.close()
+
+
+async def test_interim_transcripts_that_pile_up_are_shed_oldest_first(transcriber, speech):
     """Six partial transcripts at once: the worker decodes a few, the stale ones come
     back empty at once instead of holding the CPU; final ones are never shed."""
-    import asyncio
-
-    from faster_whisper import WhisperModel
-
-    from pipecat_vibevoice.pipeline.models import (
-        MAX_PENDING_INTERIM,
-        Transcriber,
-        bundled_whisper_path,
-    )
-
-    model = WhisperModel(
-        str(bundled_whisper_path()), device="cpu", compute_type="int8", cpu_threads=1
-    )
-    transcriber = Transcriber(model)
-    try:
-        audio = speech["question"].astype(np.float32) / 32768.0
-        interim = [transcriber.transcribe(audio, Transcriber.INTERIM) for _ in range(6)]
-        finals = [transcriber.transcribe(audio, Transcriber.FINAL) for _ in range(3)]
-        results = await asyncio.gather(*interim, *finals)
-        interim_texts = [r.text for r in results[:6]]
-        assert transcriber.shed >= 6 - 1 - MAX_PENDING_INTERIM, interim_texts
-        assert interim_texts.count("") == transcriber.shed
-        assert "time is it" in interim_texts[-1].lower(), "the newest must be decoded"
-        assert all("time is it" in r.text.lower() for r in results[6:]), "finals are never shed"
-    finally:
-        transcriber.close()
+    audio = speech["question"].astype(np.float32) / 32768.0
+    interim = [transcriber.transcribe(audio, Transcriber.INTERIM) for _ in range(6)]
+    finals = [transcriber.transcribe(audio, Transcriber.FINAL) for _ in range(3)]
+    results = await asyncio.gather(*interim, *finals)
+    interim_texts = [r.text for r in results[:6]]
+    assert transcriber.shed >= 6 - 1 - MAX_PENDING_INTERIM, interim_texts
+    assert interim_texts.count("") == transcriber.shed
+    assert "time is it" in interim_texts[-1].lower(), "the newest must be decoded"
+    assert all("time is it" in r.text.lower() for r in results[6:]), "finals are never shed"
 
 
-async def test_an_interim_transcript_waits_while_final_ones_run(speech):
-    import asyncio
-
-    from faster_whisper import WhisperModel
-
-    from pipecat_vibevoice.pipeline.models import Transcriber, bundled_whisper_path
-
-    model = WhisperModel(
-        str(bundled_whisper_path()), device="cpu", compute_type="int8", cpu_threads=1
-    )
-    transcriber = Transcriber(model)
+async def test_an_interim_transcript_waits_while_final_ones_run(transcriber, speech):
+    audio = speech["question"].astype(np.float32) / 32768.0
     done: list[str] = []
 
     async def run(name: str, priority: int) -> None:
         await transcriber.transcribe(audio, priority)
         done.append(name)
 
-    try:
-        audio = speech["question"].astype(np.float32) / 32768.0
-        await asyncio.gather(
-            run("final-1", Transcriber.FINAL),
-            run("interim", Transcriber.INTERIM),
-            run("final-2", Transcriber.FINAL),
-        )
-        assert done == ["final-1", "final-2", "interim"], done
-    finally:
-        transcriber.close()
+    await asyncio.gather(
+        run("final-1", Transcriber.FINAL),
+        run("interim", Transcriber.INTERIM),
+        run("final-2", Transcriber.FINAL),
+    )
+    assert done == ["final-1", "final-2", "interim"], done

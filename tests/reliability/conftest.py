@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bot.conftest import synthesize_phrases
 from reliability.harness import FaultyPiper, LoopServer, faulty_engine
 from serving.tts_harness import settings_for
 
@@ -62,17 +63,7 @@ USER_PHRASES = {
 @pytest.fixture(scope="session")
 def user_speech() -> dict[str, Any]:
     """The user's phrases as int16 16 kHz arrays, synthesised by our engine."""
-    from pipecat_vibevoice.engine import TTSConfig
-
-    async def make() -> dict[str, Any]:
-        engine = TTSEngine(TTSConfig(engine="piper", sample_rate=MIC_RATE))
-        await engine.initialize()
-        try:
-            return {k: await engine.synthesize(t) for k, t in USER_PHRASES.items()}
-        finally:
-            await engine.cleanup()
-
-    return asyncio.run(make())
+    return synthesize_phrases(USER_PHRASES, MIC_RATE)
 
 
 def start_bot_server(

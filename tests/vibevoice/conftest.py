@@ -89,6 +89,20 @@ def tokenizer_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def encode(tokenizer_file: Path):
+    """Text → (token ids, character offsets) with the tiny tokenizer, as the backend."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+
+    def _encode(text: str):
+        enc = tokenizer.encode(text, add_special_tokens=False)
+        return list(enc.ids), [tuple(o) for o in enc.offsets]
+
+    return _encode
+
+
+@pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer_file: Path, fixture_dir) -> Path:
     """A complete model directory: fixture weights, preset and tokenizer (symlinks)."""
     return link_model_dir(tmp_path_factory.mktemp("tiny-model") / "model", tokenizer_file)

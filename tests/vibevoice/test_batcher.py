@@ -28,19 +28,6 @@ TEXTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def encode(tokenizer_file):
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(str(tokenizer_file))
-
-    def _encode(text: str):
-        enc = tokenizer.encode(text, add_special_tokens=False)
-        return list(enc.ids), [tuple(o) for o in enc.offsets]
-
-    return _encode
-
-
 @pytest.fixture
 def batcher(tiny_model):
     batcher = VibeVoiceBatcher(tiny_model, max_batch=8)

@@ -23,19 +23,6 @@ from pipecat_vibevoice.engine.vibevoice.generation import (
 TEXT = "Hello there, my friend. Streaming speech starts as soon as the first window is ready."
 
 
-@pytest.fixture(scope="module")
-def encode(tokenizer_file):
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(str(tokenizer_file))
-
-    def _encode(text: str):
-        enc = tokenizer.encode(text, add_special_tokens=False)
-        return list(enc.ids), [tuple(o) for o in enc.offsets]
-
-    return _encode
-
-
 class Counter:
     """Counts calls of the model steps that make up a latent."""
 

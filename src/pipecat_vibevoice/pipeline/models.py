@@ -93,9 +93,6 @@ class Transcript:
     text: str
     tail_confidence: float | None = None
 
-    def __bool__(self) -> bool:
-        return bool(self.text)
-
 
 def last_word_probability(tokens: list[str], probabilities: list[float]) -> float | None:
     """Probability of the last word in a token sequence (punctuation ignored).
@@ -325,29 +322,17 @@ async def run_in_lowered_thread(nice: int, fn: Any, name: str) -> Any:
     A fresh thread, not the event loop's pool: a pooled thread would keep the lower
     priority for whatever runs on it next.
     """
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future = loop.create_future()
+    future: Future = Future()
 
     def target() -> None:
         lower_thread_priority(nice)
         try:
-            result = fn()
+            future.set_result(fn())
         except BaseException as exc:  # handed to the awaiting coroutine
-            loop.call_soon_threadsafe(_settle, future, None, exc)
-        else:
-            loop.call_soon_threadsafe(_settle, future, result, None)
+            future.set_exception(exc)
 
     threading.Thread(target=target, name=name, daemon=True).start()
-    return await future
-
-
-def _settle(future: asyncio.Future, result: Any, exc: BaseException | None) -> None:
-    if future.done():
-        return
-    if exc is not None:
-        future.set_exception(exc)
-    else:
-        future.set_result(result)
+    return await asyncio.wrap_future(future)
 
 
 @dataclass

@@ -98,7 +98,6 @@ class PiperBackend(SpeechBackend):
         self._frontend_inputs: list[str] = []
         self._hop = 256
         self._latent_channels = 192
-        self._plain_run: Any = None
         self._releasing_run: Any = None  # shrinks the arena after the run (see .memory)
         self._scales = np.array([0.667, 1.0, 0.8], dtype=np.float32)
 
@@ -136,7 +135,6 @@ class PiperBackend(SpeechBackend):
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if self.num_threads:
             options.intra_op_num_threads = self.num_threads
-        self._plain_run = ort.RunOptions()
         self._releasing_run = ort.RunOptions()
         if self.release_memory:
             pin_mmap_threshold()
@@ -249,7 +247,7 @@ class PiperBackend(SpeechBackend):
             lo, hi = max(0, start - LEFT_CONTEXT), min(frames, end + RIGHT_CONTEXT)
             # The arena keeps its memory between the windows of a segment and gives it
             # back after the last one.
-            options = self._releasing_run if end >= frames else self._plain_run
+            options = self._releasing_run if end >= frames else None
             out = self._decoder.run(
                 None,
                 {self._seam.z_p: latent[:, :, lo:hi], self._seam.mask: mask[:, :, lo:hi]},
