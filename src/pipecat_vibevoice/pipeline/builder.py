@@ -66,7 +66,10 @@ def make_llm(config: BotConfig) -> FrameProcessor:
     return OpenAILLMService(
         api_key=config.llm_api_key or "not-needed",
         base_url=config.llm_url,
-        settings=OpenAILLMService.Settings(model=config.llm_model),
+        # Pipecat 1.9+ takes the system prompt on the service, not as a context message.
+        settings=OpenAILLMService.Settings(
+            model=config.llm_model, system_instruction=config.system_prompt or None
+        ),
     )
 
 
@@ -125,10 +128,7 @@ def build_voice_pipeline(
         short_turn_pause_secs=config.short_turn_pause_secs,
         min_tail_confidence=config.min_tail_confidence,
     )
-    messages: list[Any] = []
-    if not config.uses_offline_responder and config.system_prompt:
-        messages.append({"role": "system", "content": config.system_prompt})
-    context = LLMContext(messages=messages)
+    context = LLMContext()
     aggregators = LLMContextAggregatorPair(
         context,
         user_params=LLMUserAggregatorParams(
