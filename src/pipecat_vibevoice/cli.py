@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     say.add_argument("--voice", default=None, help="voice name or index (see --list-voices)")
     say.add_argument("--speed", type=float, default=1.0, help=f"speaking rate {SPEED_RANGE}")
     say.add_argument("--pitch", type=float, default=1.0, help=f"pitch factor {PITCH_RANGE}")
+    say.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="sampling seed: the same seed and settings give the same audio (default: random)",
+    )
     say.add_argument("--list-voices", action="store_true", help="list voices and exit")
     TTSConfig.add_cli_arguments(say)
     return parser
@@ -59,6 +65,11 @@ def _voice_arg(value: str | None) -> int | str | None:
     if value is None:
         return None
     return int(value) if value.isdigit() else value
+
+
+def _options(args: argparse.Namespace) -> dict[str, int]:
+    """Backend options from the command line (only those given)."""
+    return {} if args.seed is None else {"seed": args.seed}
 
 
 async def _say(args: argparse.Namespace) -> int:
@@ -85,7 +96,8 @@ async def _say(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         first = None
         chunks: list[bytes] = []
-        async for chunk in engine.synthesize_streaming(text, voice, args.speed, args.pitch):
+        stream = engine.synthesize_streaming(text, voice, args.speed, args.pitch, **_options(args))
+        async for chunk in stream:
             if first is None:
                 first = time.perf_counter() - t0
             chunks.append(chunk)
@@ -126,6 +138,7 @@ async def _say_file(engine: TTSEngine, args: argparse.Namespace, voice: int | st
         speed=args.speed,
         pitch=args.pitch,
         on_progress=progress,
+        **_options(args),
     )
     bar.close()
     total_audio = 0.0

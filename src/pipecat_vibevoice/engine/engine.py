@@ -278,8 +278,10 @@ class TTSEngine:
         Every chunk but the last is exactly ``config.chunk_ms`` long (with streaming
         off, the whole utterance comes as one chunk). Raises ``ValueError`` subclasses
         for bad input before any audio; ``speed``/``pitch`` take 0.5..2.0.
-        Extra ``options`` go to the backend (VibeVoice: ``cfg_scale``, ``inference_steps``,
-        ``seed``). :meth:`stream_chunks` gives the same audio with timestamps and text.
+        Extra ``options`` go to the backend: ``seed`` (both engines: the same seed and
+        settings give the same audio; without it every call samples anew), and for
+        VibeVoice ``cfg_scale`` and ``inference_steps``. Backends ignore keys they do
+        not read. :meth:`stream_chunks` gives the same audio with timestamps and text.
         """
         chunks = self.stream_chunks(text, speaker_id, speed, pitch, **options)
         async with contextlib.aclosing(chunks):
@@ -583,11 +585,13 @@ class TTSEngine:
         speed: float = 1.0,
         pitch: float = 1.0,
         on_progress: Callable[[int, int], None] | None = None,
+        **options: Any,
     ) -> BatchResult:
         """Synthesise many texts; results in input order, failures reported per item.
 
         Items run concurrently up to the worker pool size. ``on_progress(done, total)``
-        is called after each item (for progress bars).
+        is called after each item (for progress bars). ``options`` go to every item
+        (see :meth:`synthesize_streaming`).
         """
         if speaker_ids is not None and len(speaker_ids) != len(texts):
             raise ValueError(f"speaker_ids has {len(speaker_ids)} entries for {len(texts)} texts")
@@ -602,7 +606,9 @@ class TTSEngine:
             nonlocal done
             async with limit:
                 try:
-                    results[index] = await self.synthesize(texts[index], ids[index], speed, pitch)
+                    results[index] = await self.synthesize(
+                        texts[index], ids[index], speed, pitch, **options
+                    )
                 except Exception as exc:
                     errors[index] = exc
                     logger.warning(f"batch item {index} failed: {exc}")

@@ -173,9 +173,9 @@ class VibeVoiceTTSService(TTSService):
                 sentence ends with VibeVoice).
             sample_rate: Output rate; defaults to the engine's ``config.sample_rate``.
             warmup: Speak a short text at start (once per engine and voice).
-            engine_options: Extra backend options sent with every request (VibeVoice:
-                ``seed`` for reproducible speech, ``solver``); unknown keys are ignored
-                by backends that do not read them.
+            engine_options: Extra backend options sent with every request (``seed``
+                for reproducible speech on either engine; VibeVoice: ``solver``);
+                unknown keys are ignored by backends that do not read them.
             **kwargs: Passed to :class:`TTSService`.
 
         """

@@ -38,6 +38,9 @@ LEFT_CONTEXT = 32
 RIGHT_CONTEXT = 32
 #: Silence between sentences, as Piper's own CLI inserts none but speech needs a breath.
 SENTENCE_PAUSE_S = 0.12
+#: A seeded utterance gives sentence i the seed ``seed + SEED_STRIDE * i``: each
+#: sentence its own noise (two nodes per graph take ``seed`` and ``seed + 1``).
+SEED_STRIDE = 1000
 
 # espeak-ng (behind Piper's phonemizer) keeps global state; one caller at a time.
 _PHONEMIZE_LOCK = threading.Lock()
@@ -93,6 +96,7 @@ class PiperBackend(SpeechBackend):
         self.voice_name = self.model_path.name.removesuffix(".onnx")
         self._phonemizer: Any = None
         self._frontend: Any = None
+        self._frontend_path: Path | None = None
         self._decoder: Any = None
         self._seam: Any = None
         self._frontend_inputs: list[str] = []
@@ -142,8 +146,9 @@ class PiperBackend(SpeechBackend):
                 "memory.enable_memory_arena_shrinkage", "cpu:0"
             )
         providers = ["CPUExecutionProvider"]
+        self._frontend_path = split_dir / split.frontend
         self._frontend = ort.InferenceSession(
-            str(split_dir / split.frontend), options, providers=providers
+            str(self._frontend_path), options, providers=providers
         )
         self._decoder = ort.InferenceSession(
             str(split_dir / split.decoder), options, providers=providers
@@ -208,27 +213,46 @@ class PiperBackend(SpeechBackend):
         scales = self._scales.copy()
         if self.native_speed:
             scales[1] = scales[1] / request.speed
+        seed = request.options.get("seed")
         pause = np.zeros(int(SENTENCE_PAUSE_S * self.sample_rate), np.float32)
         for index, ids in enumerate(self.phoneme_ids(request.text)):
             if request.stop.is_set():
                 return
             if index:
                 yield AudioPiece(pause)
-            latent, mask = self._run_frontend(ids, scales)
+            sentence_seed = None if seed is None else int(seed) + SEED_STRIDE * index
+            latent, mask = self._run_frontend(ids, scales, sentence_seed)
             yield from self._decode_windows(latent, mask, request.stop)
 
-    def _run_frontend(self, ids: list[int], scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _run_frontend(
+        self, ids: list[int], scales: np.ndarray, seed: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         ids_array = np.array([ids], dtype=np.int64)
         feed = {
             "input": ids_array,
             "input_lengths": np.array([ids_array.shape[1]], dtype=np.int64),
             "scales": scales,
         }
-        # Once per segment: its scratch memory is given back right away.
-        outputs = self._frontend.run(
-            None, {k: v for k, v in feed.items() if k in self._frontend_inputs}, self._releasing_run
-        )
+        feed = {k: v for k, v in feed.items() if k in self._frontend_inputs}
+        if seed is not None:
+            outputs = self._seeded_frontend(seed).run(None, feed)
+        else:
+            # Once per segment: its scratch memory is given back right away.
+            outputs = self._frontend.run(None, feed, self._releasing_run)
         return outputs[0], outputs[1]
+
+    def _seeded_frontend(self, seed: int) -> Any:
+        """A fresh frontend session whose duration and prior noise are fixed by ``seed``.
+
+        VITS samples both noises inside the graph, and onnxruntime seeds a random node
+        once per session, so only the first run of a fresh session replays a seed: a
+        reproducible sentence costs a session build (~0.1-0.3 s). Asked for only when
+        a caller needs the same audio every time (tests, A/B listening).
+        """
+        from streaming_vits import graph
+
+        assert self._frontend_path is not None
+        return graph.seeded_frontend_session(self._frontend_path, seed, threads=self.num_threads)
 
     def decode_full(self, latent: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Decode all frames at once (the reference the windows must match)."""
