@@ -160,3 +160,18 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+class CallCounter:
+    """Counts calls of some of a model's methods (instance patch, undone by monkeypatch)."""
+
+    def __init__(self, model, monkeypatch, *names: str) -> None:
+        self.calls = dict.fromkeys(names, 0)
+        for name in names:
+            original = getattr(model, name)
+
+            def wrapper(*args, _name=name, _original=original, **kwargs):
+                self.calls[_name] += 1
+                return _original(*args, **kwargs)
+
+            monkeypatch.setattr(model, name, wrapper)

@@ -19,6 +19,7 @@ from pipecat_vibevoice.engine.vibevoice.generation import (
     generate,
 )
 
+from .conftest import CallCounter
 from .test_batching import short_voice
 
 TEXTS = [
@@ -35,19 +36,8 @@ def batcher(tiny_model):
     batcher.close()
 
 
-class Calls:
-    """Counts the model's sampling, decoding and connector calls (instance patch)."""
-
-    def __init__(self, model, monkeypatch) -> None:
-        self.calls = {"predict": 0, "decode": 0, "connect": 0}
-        for name in self.calls:
-            original = getattr(model, name)
-
-            def wrapper(*args, _name=name, _original=original, **kwargs):
-                self.calls[_name] += 1
-                return _original(*args, **kwargs)
-
-            monkeypatch.setattr(model, name, wrapper)
+#: The model's sampling, decoding and connector calls.
+COUNTED = ("predict", "decode", "connect")
 
 
 def solo(model, preset, encode, text, settings, seed) -> list:
@@ -174,7 +164,7 @@ class StopOnFirstDraw:
 def test_stop_during_a_latent_ends_after_that_latent(
     tiny_model, tiny_preset, encode, batcher, monkeypatch, no_eos
 ) -> None:
-    calls = Calls(tiny_model, monkeypatch)
+    calls = CallCounter(tiny_model, monkeypatch, *COUNTED)
     stop = threading.Event()
     tokens = TextTokenStream.whole(encode, TEXTS[1])
     settings = GenerationSettings(inference_steps=2)
@@ -189,7 +179,7 @@ def test_stop_during_a_latent_ends_after_that_latent(
 def test_stop_after_the_first_latent(
     tiny_model, tiny_preset, encode, batcher, monkeypatch, no_eos
 ) -> None:
-    calls = Calls(tiny_model, monkeypatch)
+    calls = CallCounter(tiny_model, monkeypatch, *COUNTED)
     stop = threading.Event()
     tokens = TextTokenStream.whole(encode, TEXTS[1])
     handle = batcher.submit(tiny_preset, tokens, GenerationSettings(inference_steps=2), None, stop)

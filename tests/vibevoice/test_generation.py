@@ -20,26 +20,17 @@ from pipecat_vibevoice.engine.vibevoice.generation import (
     generate,
 )
 
+from .conftest import CallCounter
+
 TEXT = "Hello there, my friend. Streaming speech starts as soon as the first window is ready."
 
 
-class Counter:
-    """Counts calls of the model steps that make up a latent."""
-
-    def __init__(self, model, monkeypatch) -> None:
-        self.calls = {"predict": 0, "decode": 0, "forward_speech": 0, "forward_text": 0}
-        for name in self.calls:
-            original = getattr(model, name)
-
-            def wrapper(*args, _name=name, _original=original, **kwargs):
-                self.calls[_name] += 1
-                return _original(*args, **kwargs)
-
-            monkeypatch.setattr(model, name, wrapper)
+#: The model steps that make up a latent.
+LATENT_STEPS = ("predict", "decode", "forward_speech", "forward_text")
 
 
 def test_stop_before_the_next_latent(tiny_model, tiny_preset, encode, monkeypatch, no_eos) -> None:
-    counter = Counter(tiny_model, monkeypatch)
+    counter = CallCounter(tiny_model, monkeypatch, *LATENT_STEPS)
     stop = threading.Event()
     tokens = TextTokenStream.whole(encode, TEXT)
     gen = generate(tiny_model, tiny_preset, tokens, GenerationSettings(), TorchNoise(1), stop)
@@ -56,7 +47,7 @@ def test_stop_before_the_next_latent(tiny_model, tiny_preset, encode, monkeypatc
 def test_stop_mid_window_after_a_few_latents(
     tiny_model, tiny_preset, encode, monkeypatch, no_eos
 ) -> None:
-    counter = Counter(tiny_model, monkeypatch)
+    counter = CallCounter(tiny_model, monkeypatch, *LATENT_STEPS)
     stop = threading.Event()
     tokens = TextTokenStream.whole(encode, TEXT)
     gen = generate(
