@@ -125,6 +125,20 @@ def tiny_preset(fixture_dir: Path):
     return load_preset(fixture_dir / "voice_preset.pt")
 
 
+@pytest.fixture(scope="session")
+def tiny_model64(tiny_model):
+    """The same model in float64, with no float32 step inside (see ``numerics``)."""
+    from .numerics import float64_reference
+
+    return float64_reference(tiny_model)
+
+
+@pytest.fixture(scope="session")
+def tiny_preset64(tiny_preset):
+    """The fixture voice preset in float64."""
+    return tiny_preset.to("cpu", torch.float64)
+
+
 def load_npy(run: str, name: str) -> np.ndarray:
     """An array of one of the two recorded generations."""
     return np.load(FIXTURE / f"generate_{run}" / f"{name}.npy")

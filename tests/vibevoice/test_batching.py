@@ -1,4 +1,8 @@
-"""Batched model steps equal the per-utterance ones (ragged LM step, sampling, listen)."""
+"""Batched model steps equal the per-utterance ones (ragged LM step, sampling, listen).
+
+Both paths run the float64 model: in exact arithmetic they are the same computation, so
+they must agree to float64 rounding (``numerics.float64_agreement``), on any CPU.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +23,8 @@ from pipecat_vibevoice.engine.vibevoice.generation import (
     sample_latent,
 )
 from pipecat_vibevoice.engine.vibevoice.presets import PresetBranch, VoicePreset
+
+from .numerics import assert_agree
 
 #: Text windows read before the step, per utterance: the caches end up ragged.
 WINDOWS = ([], [[5, 9, 12]], [[7, 3, 2, 1, 8], [44, 45]])
@@ -50,112 +56,109 @@ def layer_tensors(cache) -> list[torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def presets(tiny_preset):
-    return [tiny_preset, short_voice(tiny_preset), tiny_preset]
+def presets(tiny_preset64):
+    return [tiny_preset64, short_voice(tiny_preset64), tiny_preset64]
 
 
 @torch.inference_mode()
-def test_ragged_step_equals_forward_speech_per_sequence(tiny_model, presets) -> None:
-    reference = make_states(tiny_model, presets)
-    batched = make_states(tiny_model, presets)
+def test_ragged_step_equals_forward_speech_per_sequence(tiny_model64, presets) -> None:
+    reference = make_states(tiny_model64, presets)
+    batched = make_states(tiny_model64, presets)
     lengths = cache_lengths([s.tts_cache for s in batched])
     assert len(set(lengths)) == 3, lengths  # really ragged
     torch.manual_seed(3)
-    embeds = torch.randn(3, 1, tiny_model.config.hidden_size)
+    embeds = torch.randn(3, 1, tiny_model64.config.hidden_size, dtype=torch.float64)
     expected = [
-        tiny_model.forward_speech(embeds[i : i + 1], s.tts_cache) for i, s in enumerate(reference)
+        tiny_model64.forward_speech(embeds[i : i + 1], s.tts_cache) for i, s in enumerate(reference)
     ]
-    speech = embeds + tiny_model.tts_input_types.weight[0]
-    got = ragged_lm_step(tiny_model.tts_language_model, speech, [s.tts_cache for s in batched])
-    assert got.shape == (3, 1, tiny_model.config.hidden_size)
-    torch.testing.assert_close(got, torch.cat(expected), atol=1e-5, rtol=1e-5)
+    speech = embeds + tiny_model64.tts_input_types.weight[0]
+    got = ragged_lm_step(tiny_model64.tts_language_model, speech, [s.tts_cache for s in batched])
+    assert got.shape == (3, 1, tiny_model64.config.hidden_size)
+    assert_agree(got, torch.cat(expected))
     for ref, new in zip(reference, batched, strict=True):
         assert new.tts_cache.get_seq_length() == ref.tts_cache.get_seq_length()
         for a, b in zip(layer_tensors(ref.tts_cache), layer_tensors(new.tts_cache), strict=True):
-            torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+            assert_agree(b, a)
     assert cache_lengths([s.tts_cache for s in batched]) == [n + 1 for n in lengths]
 
 
 @torch.inference_mode()
-def test_ragged_step_keeps_matching_over_several_steps(tiny_model, presets) -> None:
+def test_ragged_step_keeps_matching_over_several_steps(tiny_model64, presets) -> None:
     """Positions advance per row: a second and third step still match (RoPE per row)."""
-    reference = make_states(tiny_model, presets)
-    batched = make_states(tiny_model, presets)
+    reference = make_states(tiny_model64, presets)
+    batched = make_states(tiny_model64, presets)
     torch.manual_seed(4)
     for _ in range(3):
-        embeds = torch.randn(3, 1, tiny_model.config.hidden_size)
+        embeds = torch.randn(3, 1, tiny_model64.config.hidden_size, dtype=torch.float64)
         expected = torch.cat(
             [
-                tiny_model.forward_speech(embeds[i : i + 1], s.tts_cache)
+                tiny_model64.forward_speech(embeds[i : i + 1], s.tts_cache)
                 for i, s in enumerate(reference)
             ]
         )
-        speech = embeds + tiny_model.tts_input_types.weight[0]
-        got = ragged_lm_step(tiny_model.tts_language_model, speech, [s.tts_cache for s in batched])
-        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+        speech = embeds + tiny_model64.tts_input_types.weight[0]
+        got = ragged_lm_step(tiny_model64.tts_language_model, speech, [s.tts_cache for s in batched])
+        assert_agree(got, expected)
 
 
-def test_ragged_step_rejects_mismatched_rows(tiny_model, presets) -> None:
-    states = make_states(tiny_model, presets)
+def test_ragged_step_rejects_mismatched_rows(tiny_model64, presets) -> None:
+    states = make_states(tiny_model64, presets)
     with pytest.raises(ValueError, match="N caches"):
         ragged_lm_step(
-            tiny_model.tts_language_model,
-            torch.zeros(2, 1, tiny_model.config.hidden_size),
+            tiny_model64.tts_language_model,
+            torch.zeros(2, 1, tiny_model64.config.hidden_size),
             [s.tts_cache for s in states],
         )
 
 
 @pytest.mark.parametrize("algorithm", ["sde-dpmsolver++", "dpmsolver++"])
 @torch.inference_mode()
-def test_batched_sampling_equals_single_sampling(tiny_model, algorithm) -> None:
+def test_batched_sampling_equals_single_sampling(tiny_model64, algorithm) -> None:
     torch.manual_seed(5)
-    hidden = tiny_model.config.hidden_size
-    positive, negative = torch.randn(3, hidden), torch.randn(3, hidden)
+    hidden = tiny_model64.config.hidden_size
+    positive = torch.randn(3, hidden, dtype=torch.float64)
+    negative = torch.randn(3, hidden, dtype=torch.float64)
     scales = [1.5, 2.5, 1.0]
     seeds = [11, 12, 13]
     single = []
     for i in range(3):
         settings = GenerationSettings(cfg_scale=scales[i], inference_steps=4, algorithm=algorithm)
         condition = torch.stack([positive[i], negative[i]])
-        scheduler = make_scheduler(tiny_model, settings)
+        scheduler = make_scheduler(tiny_model64, settings)
         single.append(
-            sample_latent(tiny_model, scheduler, condition, settings, TorchNoise(seeds[i]))
+            sample_latent(tiny_model64, scheduler, condition, settings, TorchNoise(seeds[i]))
         )
     settings = GenerationSettings(inference_steps=4, algorithm=algorithm)
-    scheduler = make_scheduler(tiny_model, settings)
+    scheduler = make_scheduler(tiny_model64, settings)
     noises = [TorchNoise(s) for s in seeds]
-    got = sample_latents(tiny_model, scheduler, positive, negative, scales, 4, algorithm, noises)
-    torch.testing.assert_close(got, torch.cat(single), atol=1e-5, rtol=1e-5)
+    got = sample_latents(tiny_model64, scheduler, positive, negative, scales, 4, algorithm, noises)
+    assert_agree(got, torch.cat(single))
     # Each utterance's generator advanced exactly as in the single path.
     follow = [TorchNoise(s) for s in seeds]
     draws = 1 + (4 if algorithm.startswith("sde") else 0)
     for noise in follow:
         for _ in range(draws):
-            noise.draw((1, tiny_model.config.acoustic_vae_dim), tiny_model.device)
+            noise.draw((1, tiny_model64.config.acoustic_vae_dim), tiny_model64.device)
     for a, b in zip(noises, follow, strict=True):
-        assert torch.equal(a.draw((1, 8), tiny_model.device), b.draw((1, 8), tiny_model.device))
+        assert torch.equal(a.draw((1, 8), tiny_model64.device), b.draw((1, 8), tiny_model64.device))
 
 
 @torch.inference_mode()
-def test_listen_batch_equals_listen_per_utterance(tiny_model, presets) -> None:
-    reference = make_states(tiny_model, presets)
-    batched = make_states(tiny_model, presets)
+def test_listen_batch_equals_listen_per_utterance(tiny_model64, presets) -> None:
+    reference = make_states(tiny_model64, presets)
+    batched = make_states(tiny_model64, presets)
     torch.manual_seed(6)
-    latents = torch.randn(3, tiny_model.config.acoustic_vae_dim)
+    latents = torch.randn(3, tiny_model64.config.acoustic_vae_dim, dtype=torch.float64)
     eos_expected = [s.listen(latents[i : i + 1]) for i, s in enumerate(reference)]
     positive, negative, eos = listen_batch(
-        tiny_model, latents, [s.tts_cache for s in batched], [s.neg_cache for s in batched]
+        tiny_model64, latents, [s.tts_cache for s in batched], [s.neg_cache for s in batched]
     )
-    torch.testing.assert_close(
-        positive, torch.cat([s.positive for s in reference]), atol=1e-5, rtol=1e-5
-    )
-    torch.testing.assert_close(
-        negative, torch.cat([s.negative for s in reference]), atol=1e-5, rtol=1e-5
-    )
-    torch.testing.assert_close(eos, torch.tensor(eos_expected), atol=1e-4, rtol=1e-5)
+    assert_agree(positive, torch.cat([s.positive for s in reference]))
+    assert_agree(negative, torch.cat([s.negative for s in reference]))
+    assert_agree(eos, torch.tensor(eos_expected))
     for ref, new in zip(reference, batched, strict=True):
         for cache in ("tts_cache", "neg_cache"):
             a, b = getattr(ref, cache), getattr(new, cache)
             assert a.get_seq_length() == b.get_seq_length()
             for x, y in zip(layer_tensors(a), layer_tensors(b), strict=True):
-                torch.testing.assert_close(y, x, atol=1e-5, rtol=1e-5)
+                assert_agree(y, x)

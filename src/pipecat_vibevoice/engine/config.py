@@ -18,9 +18,11 @@ ENV_PREFIX = "PIPECAT_VIBEVOICE_"
 
 EngineChoice = Literal["auto", "vibevoice", "piper"]
 DeviceChoice = Literal["auto", "cuda", "cpu"]
+DtypeChoice = Literal["auto", "bfloat16", "float32", "float64"]
 
 ENGINE_CHOICES: tuple[str, ...] = ("auto", "vibevoice", "piper")
 DEVICE_CHOICES: tuple[str, ...] = ("auto", "cuda", "cpu")
+DTYPE_CHOICES: tuple[str, ...] = ("auto", "bfloat16", "float32", "float64")
 
 #: Hub id of the official checkpoint; only used when it is already in the local HF cache.
 DEFAULT_VIBEVOICE_MODEL = "microsoft/VibeVoice-Realtime-0.5B"
@@ -45,6 +47,9 @@ class TTSConfig:
         voices_dir: Extra directory of VibeVoice voice presets (``*.pt``).
         sample_rate: Output sample rate in Hz; engine audio is resampled to it.
         device: ``auto`` picks CUDA when present, else CPU.
+        dtype: VibeVoice compute dtype; ``auto`` is bfloat16 on CUDA and float32 on CPU.
+            ``float64`` is for reference runs (tests): two code paths then agree to far
+            below anything audible, on every CPU.
         streaming: Emit chunks as they are made; off means one chunk per utterance.
         chunk_ms: Duration of every emitted chunk except the last.
         gpu_memory_fraction: Share of GPU memory this process may take (CUDA only).
@@ -71,6 +76,7 @@ class TTSConfig:
     voices_dir: str | None = None
     sample_rate: int = 24000
     device: DeviceChoice = "auto"
+    dtype: DtypeChoice = "auto"
     streaming: bool = True
     chunk_ms: int = 80
     gpu_memory_fraction: float = 0.4
@@ -96,6 +102,8 @@ class TTSConfig:
             raise ConfigError(f"engine must be one of {ENGINE_CHOICES}, got {self.engine!r}")
         if self.device not in DEVICE_CHOICES:
             raise ConfigError(f"device must be one of {DEVICE_CHOICES}, got {self.device!r}")
+        if self.dtype not in DTYPE_CHOICES:
+            raise ConfigError(f"dtype must be one of {DTYPE_CHOICES}, got {self.dtype!r}")
         if not 8000 <= self.sample_rate <= 96000:
             raise ConfigError(f"sample_rate must be within 8000..96000 Hz, got {self.sample_rate}")
         if not 10 <= self.chunk_ms <= 2000:
@@ -159,6 +167,7 @@ class TTSConfig:
             "voices_dir": "extra directory of VibeVoice voice presets (*.pt)",
             "sample_rate": "output sample rate in Hz",
             "device": "auto | cuda | cpu",
+            "dtype": "VibeVoice compute dtype: auto (bf16 on CUDA, float32 on CPU) | bfloat16 | float32 | float64",
             "streaming": "stream chunks as they are made",
             "chunk_ms": "chunk duration in ms (all chunks but the last)",
             "gpu_memory_fraction": "share of GPU memory to use (CUDA only)",
@@ -189,6 +198,8 @@ class TTSConfig:
                     kwargs["choices"] = ENGINE_CHOICES
                 if f.name == "device":
                     kwargs["choices"] = DEVICE_CHOICES
+                if f.name == "dtype":
+                    kwargs["choices"] = DTYPE_CHOICES
                 group.add_argument(
                     flag,
                     dest=f"engine_{f.name}",

@@ -123,13 +123,14 @@ class VibeVoiceBackend(SpeechBackend):
             self.model_dir, self.config.allow_download, self.config.cache_dir
         )
         self.device = _pick_device(self.config)
-        if self.device == "cuda":
-            self.dtype = torch.bfloat16
-            torch.cuda.set_per_process_memory_fraction(self.config.gpu_memory_fraction)
+        if self.config.dtype == "auto":
+            self.dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
         else:
-            self.dtype = torch.float32
-            if self.config.num_threads:
-                torch.set_num_threads(self.config.num_threads)
+            self.dtype = getattr(torch, self.config.dtype)
+        if self.device == "cuda":
+            torch.cuda.set_per_process_memory_fraction(self.config.gpu_memory_fraction)
+        elif self.config.num_threads:
+            torch.set_num_threads(self.config.num_threads)
         self._model = load_model(self.model_dir, self.device, self.dtype)
         self._preset(self.voices()[0])  # load and check the default voice now
         if self.config.max_batch > 1:

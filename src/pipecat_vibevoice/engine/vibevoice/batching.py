@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .generation import NoiseSource
+from .generation import NoiseSource, solver_dtype
 from .modeling_vibevoice_realtime import SPEECH_TYPE
 
 
@@ -116,7 +116,8 @@ def sample_latents(
     for t in scheduler.timesteps:
         timesteps = t.to(device=device, dtype=torch.float32).expand(2 * rows)
         doubled = sample.to(model.dtype).repeat(2, 1)
-        out = model.predict(doubled, timesteps, condition).float()
+        out = model.predict(doubled, timesteps, condition)
+        out = out.to(solver_dtype(out.dtype))
         cond, uncond = out[:rows], out[rows:]
         guided = uncond + scales * (cond - uncond)
         extra = {}

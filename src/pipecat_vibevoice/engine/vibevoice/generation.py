@@ -273,11 +273,17 @@ def sample_latent(
     sde = settings.algorithm.startswith("sde")
     for t in scheduler.timesteps:
         timesteps = t.to(device=device, dtype=torch.float32).expand(2)
-        out = model.predict(sample.to(model.dtype).expand(2, -1), timesteps, condition).float()
+        out = model.predict(sample.to(model.dtype).expand(2, -1), timesteps, condition)
+        out = out.to(solver_dtype(out.dtype))
         guided = out[1:] + settings.cfg_scale * (out[:1] - out[1:])
         extra = {"variance_noise": noise.draw((1, vae), device)} if sde else {}
         sample = scheduler.step(guided, t, sample, **extra).prev_sample
     return sample
+
+
+def solver_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the guidance and solver work in: at least float32 (bf16 models upcast)."""
+    return torch.promote_types(dtype, torch.float32)
 
 
 def make_scheduler(model: Any, settings: GenerationSettings) -> Any:
