@@ -29,7 +29,7 @@ def configure_logging(level: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, build the app, serve until interrupted."""
-    from pipecat_vibevoice.transports import build_parser, create_app, settings_from_args
+    from pipecat_vibevoice.bot import build_parser, create_app, settings_from_args
 
     parser = build_parser()
     args = parser.parse_args(argv)

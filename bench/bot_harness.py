@@ -4,7 +4,7 @@ Each bot is ``bot.py`` in its own subprocess on a free loopback port — ours
 (``--pipeline vibevoice``) or the stock peer (``--pipeline stock``: Pipecat's
 ``WhisperSTTService`` + ``PiperTTSService`` on the same local models, the same Silero
 VAD, the same offline responder). Both are measured by the same client
-(:class:`pipecat_vibevoice.transports.client.VoiceClient`), which speaks 16 kHz
+(:class:`pipecat_vibevoice.clients.voice_client.VoiceClient`), which speaks 16 kHz
 speech synthesized by our engine at real time and plays the bot's audio at real time
 as it arrives (pause/resume/flush/interruption obeyed), so every figure is what a
 person would hear.
@@ -152,7 +152,7 @@ def machine() -> str:
 
 
 async def _smoke() -> None:
-    from pipecat_vibevoice.transports.client import VoiceClient
+    from pipecat_vibevoice.clients.voice_client import VoiceClient
 
     audio = (await synthesize_phrases(PHRASES[:1]))[0]
     for pipeline in ("vibevoice", "stock"):

@@ -28,7 +28,7 @@ import time
 
 from bot_harness import PHRASES, machine, pct, start_bot, summary, synthesize_phrases
 
-from pipecat_vibevoice.transports.client import VoiceClient
+from pipecat_vibevoice.clients.voice_client import VoiceClient
 
 
 def _rel(times: list[float], onset: float, end: float) -> list[int]:

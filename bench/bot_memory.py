@@ -24,7 +24,7 @@ import asyncio
 import psutil
 from bot_harness import PHRASES, machine, start_bot, synthesize_phrases
 
-from pipecat_vibevoice.transports.client import VoiceClient
+from pipecat_vibevoice.clients.voice_client import VoiceClient
 
 MIB = 1024 * 1024
 

@@ -41,7 +41,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bot_harness import PHRASES, machine, pct, start_bot, synthesize_phrases  # noqa: E402
 
-from pipecat_vibevoice.transports.client import PlaybackModel, VoiceClient  # noqa: E402
+from pipecat_vibevoice.clients.voice_client import PlaybackModel, VoiceClient  # noqa: E402
 
 ANSWER_TIMEOUT_S = 20.0
 

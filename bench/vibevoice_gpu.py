@@ -168,8 +168,8 @@ def main() -> int:
         )
         return 3
     from pipecat_vibevoice.engine import BackendUnavailable
+    from pipecat_vibevoice.engine.backends.vibevoice import VibeVoiceBackend
     from pipecat_vibevoice.engine.config import TTSConfig
-    from pipecat_vibevoice.engine.vibevoice.backend import VibeVoiceBackend
 
     try:  # fail fast, before any model loading, when the weights are not here
         VibeVoiceBackend(TTSConfig(engine="vibevoice", model_path=args.model_path))

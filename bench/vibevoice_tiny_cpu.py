@@ -70,7 +70,7 @@ def no_eos() -> None:
     """The random tiny model's EOS head fires at random: switch it off for steady runs."""
     import torch
 
-    from pipecat_vibevoice.engine.vibevoice.modeling_vibevoice_realtime import (
+    from pipecat_vibevoice.models.vibevoice_realtime.modeling_vibevoice_realtime import (
         VibeVoiceRealtimeModel,
     )
 
@@ -78,14 +78,14 @@ def no_eos() -> None:
 
 
 def bench_loop(latents: int, repeats: int) -> dict:
-    from pipecat_vibevoice.engine.vibevoice.checkpoint import load_model
-    from pipecat_vibevoice.engine.vibevoice.generation import (
+    from pipecat_vibevoice.models.vibevoice_realtime.checkpoint import load_model
+    from pipecat_vibevoice.models.vibevoice_realtime.generation import (
         FixedTokens,
         GenerationSettings,
         TorchNoise,
         generate,
     )
-    from pipecat_vibevoice.engine.vibevoice.presets import load_preset
+    from pipecat_vibevoice.models.vibevoice_realtime.presets import load_preset
 
     model = load_model(FIXTURE)
     preset = load_preset(FIXTURE / "voice_preset.pt")

@@ -17,7 +17,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
-from pipecat_vibevoice.transports.client import VoiceClient
+from pipecat_vibevoice.clients.voice_client import VoiceClient
 
 from .conftest import free_port, start_bot, stop_bot
 

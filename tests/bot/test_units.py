@@ -14,6 +14,9 @@ from pipecat.frames.frames import (
     VADUserStoppedSpeakingFrame,
 )
 
+from pipecat_vibevoice.bot.serializer import MAX_REPORTED_ERRORS, SafeProtobufSerializer
+from pipecat_vibevoice.bot.settings import build_parser, settings_from_args
+from pipecat_vibevoice.clients.voice_client import PlaybackModel
 from pipecat_vibevoice.pipeline import BotConfig, BotConfigError, reply_to
 from pipecat_vibevoice.pipeline.frames import (
     ClientProtocolErrorFrame,
@@ -23,9 +26,6 @@ from pipecat_vibevoice.pipeline.frames import (
 from pipecat_vibevoice.pipeline.models import looks_looped
 from pipecat_vibevoice.pipeline.responder import last_user_text
 from pipecat_vibevoice.pipeline.turns import text_sounds_finished
-from pipecat_vibevoice.transports.client import PlaybackModel
-from pipecat_vibevoice.transports.serializer import MAX_REPORTED_ERRORS, SafeProtobufSerializer
-from pipecat_vibevoice.transports.settings import build_parser, settings_from_args
 
 
 @pytest.mark.parametrize(

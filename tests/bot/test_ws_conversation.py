@@ -1,6 +1,6 @@
 """A real websocket client talks to ``bot.py``: transcript, bot audio, barge-in.
 
-The client (``pipecat_vibevoice.transports.client.VoiceClient``) speaks Pipecat's
+The client (``pipecat_vibevoice.clients.voice_client.VoiceClient``) speaks Pipecat's
 protobuf frames with ``websockets``, sends 16 kHz speech at real time and plays the
 bot's audio on a real-time player model that obeys pause/resume/flush/interruption.
 """
@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from pipecat_vibevoice.transports.client import VoiceClient
+from pipecat_vibevoice.clients.voice_client import VoiceClient
 
 from .conftest import silence
 

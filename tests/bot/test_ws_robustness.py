@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import websockets
 
-from pipecat_vibevoice.transports.client import VoiceClient
+from pipecat_vibevoice.clients.voice_client import VoiceClient
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 

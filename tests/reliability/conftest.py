@@ -74,9 +74,9 @@ def start_bot_server(
     Shared models are loaded on the server's loop before it serves (or ``models`` are
     reused), so a test can swap in a faulty engine or transcriber.
     """
+    from pipecat_vibevoice.bot import create_app
+    from pipecat_vibevoice.bot.settings import ServerSettings
     from pipecat_vibevoice.pipeline import BotConfig, load_shared_models
-    from pipecat_vibevoice.transports import create_app
-    from pipecat_vibevoice.transports.settings import ServerSettings
 
     config = bot_config or BotConfig()
     app = create_app(ServerSettings(bot=config))

@@ -118,7 +118,7 @@ async def test_engine_refuses_voice_names_that_are_paths(vv_engine, voices) -> N
 
 
 async def test_engine_refuses_a_preset_that_runs_code(vv_engine, voices) -> None:
-    from pipecat_vibevoice.engine.vibevoice.presets import PresetError
+    from pipecat_vibevoice.models.vibevoice_realtime.presets import PresetError
 
     with pytest.raises(PresetError, match="not allowed"):
         async for _ in vv_engine.synthesize_streaming("Hello there.", EVIL_VOICE):

@@ -33,9 +33,9 @@ from reliability.harness import (
     wait_until,
 )
 
+from pipecat_vibevoice.clients.voice_client import VoiceClient
 from pipecat_vibevoice.pipeline import Transcriber
 from pipecat_vibevoice.pipeline.models import Transcript
-from pipecat_vibevoice.transports.client import VoiceClient
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 

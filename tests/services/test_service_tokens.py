@@ -27,7 +27,7 @@ from services.service_helpers import PieceCounter, Timeline, audio_frames, shape
 
 from pipecat_vibevoice.engine import TTSEngine
 from pipecat_vibevoice.services import VibeVoiceTTSService
-from pipecat_vibevoice.services.text_stream import (
+from pipecat_vibevoice.services.vibevoice.token_turns import (
     HeldText,
     TextStream,
     engine_accepts_text_stream,

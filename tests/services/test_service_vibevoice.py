@@ -25,7 +25,7 @@ from services.service_helpers import InterruptAfterAudio, Timeline, audio_frames
 from vibevoice.conftest import FIXTURE, build_tiny_tokenizer, link_model_dir
 
 from pipecat_vibevoice.engine import TTSConfig, TTSEngine
-from pipecat_vibevoice.engine.vibevoice.modeling_vibevoice_realtime import (
+from pipecat_vibevoice.models.vibevoice_realtime.modeling_vibevoice_realtime import (
     VibeVoiceRealtimeModel,
 )
 from pipecat_vibevoice.services import VibeVoiceTTSService

@@ -9,8 +9,8 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 from serving.tts_harness import PIPER, ServerThread, open_client, settings_for
 
-from pipecat_vibevoice.transports import create_app
-from pipecat_vibevoice.transports.settings import ServerSettings, build_parser, settings_from_args
+from pipecat_vibevoice.bot import create_app
+from pipecat_vibevoice.bot.settings import ServerSettings, build_parser, settings_from_args
 
 
 def test_bot_flags_carry_serving_settings() -> None:

@@ -211,7 +211,7 @@ async def test_health_reports_engine_cache_and_store(server: ServerThread) -> No
 
 def test_client_help() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "pipecat_vibevoice.client", "--help"],
+        [sys.executable, "-m", "pipecat_vibevoice.clients.tts_client", "--help"],
         capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
     assert "--url" in out.stdout and "--append" in out.stdout
@@ -221,7 +221,7 @@ async def test_client_saves_wav(server: ServerThread, tmp_path: Path) -> None:
     out = tmp_path / "hello.wav"
     for extra in ([], ["--append"]):
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "pipecat_vibevoice.client", "Hello from the example client.",
+            sys.executable, "-m", "pipecat_vibevoice.clients.tts_client", "Hello from the example client.",
             "--url", server.url, "-o", str(out), *extra,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
@@ -231,7 +231,7 @@ async def test_client_saves_wav(server: ServerThread, tmp_path: Path) -> None:
         with wave.open(str(out)) as wav:
             assert wav.getframerate() == 24000 and wav.getnframes() > 24000
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "pipecat_vibevoice.client", "Hi.", "--url", server.url,
+        sys.executable, "-m", "pipecat_vibevoice.clients.tts_client", "Hi.", "--url", server.url,
         "--voice", "nobody", "-o", str(tmp_path / "x.wav"),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip

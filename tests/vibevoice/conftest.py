@@ -111,7 +111,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer_file: Path, fi
 @pytest.fixture(scope="session")
 def tiny_model(fixture_dir: Path):
     """The fixture model loaded on CPU in float32 (shared: the model is stateless)."""
-    from pipecat_vibevoice.engine.vibevoice.checkpoint import load_model
+    from pipecat_vibevoice.models.vibevoice_realtime.checkpoint import load_model
 
     torch.manual_seed(0)
     return load_model(fixture_dir)
@@ -120,7 +120,7 @@ def tiny_model(fixture_dir: Path):
 @pytest.fixture(scope="session")
 def tiny_preset(fixture_dir: Path):
     """The fixture voice preset, converted."""
-    from pipecat_vibevoice.engine.vibevoice.presets import load_preset
+    from pipecat_vibevoice.models.vibevoice_realtime.presets import load_preset
 
     return load_preset(fixture_dir / "voice_preset.pt")
 
@@ -152,7 +152,7 @@ def no_eos(monkeypatch: pytest.MonkeyPatch) -> None:
     other text it fires after a random handful of latents. Tests of streaming behaviour
     that need long utterances switch it off; the parity tests keep the real head.
     """
-    from pipecat_vibevoice.engine.vibevoice.modeling_vibevoice_realtime import (
+    from pipecat_vibevoice.models.vibevoice_realtime.modeling_vibevoice_realtime import (
         VibeVoiceRealtimeModel,
     )
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from pipecat_vibevoice.engine.backends.base import TextSource
-from pipecat_vibevoice.engine.vibevoice.batcher import BatcherClosed, VibeVoiceBatcher
-from pipecat_vibevoice.engine.vibevoice.generation import (
+from pipecat_vibevoice.models.vibevoice_realtime.batcher import BatcherClosed, VibeVoiceBatcher
+from pipecat_vibevoice.models.vibevoice_realtime.generation import (
     WAITING,
     GenerationSettings,
     TextTokenStream,
@@ -142,7 +142,7 @@ def test_streamed_text_next_to_whole_text(tiny_model64, tiny_preset64, encode, b
 
 
 def test_trailing_cap_through_the_batcher(tiny_model64, tiny_preset64, encode, batcher, no_eos) -> None:
-    from pipecat_vibevoice.engine.vibevoice import generation
+    from pipecat_vibevoice.models.vibevoice_realtime import generation
 
     tokens = TextTokenStream.whole(encode, "Hi.")
     items = list(batcher.submit(tiny_preset64, tokens, GenerationSettings(inference_steps=1)))

@@ -9,20 +9,20 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipecat_vibevoice.engine.vibevoice.batching import (
+from pipecat_vibevoice.models.vibevoice_realtime.batching import (
     cache_lengths,
     listen_batch,
     ragged_lm_step,
     sample_latents,
 )
-from pipecat_vibevoice.engine.vibevoice.generation import (
+from pipecat_vibevoice.models.vibevoice_realtime.generation import (
     GenerationSettings,
     TorchNoise,
     _Utterance,
     make_scheduler,
     sample_latent,
 )
-from pipecat_vibevoice.engine.vibevoice.presets import PresetBranch, VoicePreset
+from pipecat_vibevoice.models.vibevoice_realtime.presets import PresetBranch, VoicePreset
 
 from .numerics import assert_agree
 

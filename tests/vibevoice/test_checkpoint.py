@@ -10,15 +10,17 @@ import pytest
 import torch
 
 from pipecat_vibevoice.engine.backends.base import BackendUnavailable
-from pipecat_vibevoice.engine.vibevoice.checkpoint import (
+from pipecat_vibevoice.models.vibevoice_realtime.checkpoint import (
     load_model,
     official_to_local,
     resolve_model_dir,
 )
-from pipecat_vibevoice.engine.vibevoice.configuration_vibevoice_realtime import (
+from pipecat_vibevoice.models.vibevoice_realtime.configuration_vibevoice_realtime import (
     VibeVoiceRealtimeConfig,
 )
-from pipecat_vibevoice.engine.vibevoice.modeling_vibevoice_realtime import VibeVoiceRealtimeModel
+from pipecat_vibevoice.models.vibevoice_realtime.modeling_vibevoice_realtime import (
+    VibeVoiceRealtimeModel,
+)
 
 from .conftest import link_model_dir
 

@@ -13,8 +13,10 @@ import pytest
 import torch
 
 from pipecat_vibevoice.engine import BackendUnavailable, TTSConfig, TTSEngine
-from pipecat_vibevoice.engine.vibevoice.backend import VibeVoiceBackend
-from pipecat_vibevoice.engine.vibevoice.modeling_vibevoice_realtime import VibeVoiceRealtimeModel
+from pipecat_vibevoice.engine.backends.vibevoice import VibeVoiceBackend
+from pipecat_vibevoice.models.vibevoice_realtime.modeling_vibevoice_realtime import (
+    VibeVoiceRealtimeModel,
+)
 
 from .conftest import link_model_dir
 

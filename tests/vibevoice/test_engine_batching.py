@@ -14,7 +14,9 @@ import torch
 
 from pipecat_vibevoice.engine import TTSConfig, TTSEngine
 from pipecat_vibevoice.engine.config import ConfigError
-from pipecat_vibevoice.engine.vibevoice.modeling_vibevoice_realtime import VibeVoiceRealtimeModel
+from pipecat_vibevoice.models.vibevoice_realtime.modeling_vibevoice_realtime import (
+    VibeVoiceRealtimeModel,
+)
 
 TEXTS = [
     "Hello there, my friend. How are you doing today?",

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipecat_vibevoice.engine.backends.base import TextSource
-from pipecat_vibevoice.engine.vibevoice.generation import (
+from pipecat_vibevoice.models.vibevoice_realtime.generation import (
     SPEECH_WINDOW,
     TEXT_WINDOW,
     WAITING,
@@ -149,7 +149,7 @@ def test_empty_text_generates_nothing(tiny_model, tiny_preset, encode) -> None:
 def test_trailing_cap_stops_a_model_that_never_says_eos(
     tiny_model, tiny_preset, encode, no_eos
 ) -> None:
-    from pipecat_vibevoice.engine.vibevoice import generation
+    from pipecat_vibevoice.models.vibevoice_realtime import generation
 
     tokens = TextTokenStream.whole(encode, "Hi.")
     settings = GenerationSettings(inference_steps=1)
@@ -170,9 +170,9 @@ def test_bfloat16_path_runs_end_to_end(fixture_dir) -> None:
     """The CUDA dtype (bf16) exercised on CPU: every step accepts it, audio is float32."""
     import torch
 
-    from pipecat_vibevoice.engine.vibevoice.checkpoint import load_model
-    from pipecat_vibevoice.engine.vibevoice.generation import FixedTokens
-    from pipecat_vibevoice.engine.vibevoice.presets import load_preset
+    from pipecat_vibevoice.models.vibevoice_realtime.checkpoint import load_model
+    from pipecat_vibevoice.models.vibevoice_realtime.generation import FixedTokens
+    from pipecat_vibevoice.models.vibevoice_realtime.presets import load_preset
 
     model = load_model(fixture_dir, "cpu", torch.bfloat16)
     assert model.dtype == torch.bfloat16 and model.speech_scaling_factor.dtype == torch.float32

@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipecat_vibevoice.engine.vibevoice.generation import (
+from pipecat_vibevoice.models.vibevoice_realtime.generation import (
     FixedTokens,
     GenerationSettings,
     RecordedNoise,
@@ -134,7 +134,7 @@ def test_acoustic_decoder_batch_and_streamed(tiny_model, tiny_model64, fixture_d
 def test_lm_hidden_states_fresh_and_on_preset(
     tiny_model, tiny_preset, tiny_model64, tiny_preset64, fixture_dir: Path
 ) -> None:
-    from pipecat_vibevoice.engine.vibevoice.modeling_vibevoice_realtime import (
+    from pipecat_vibevoice.models.vibevoice_realtime.modeling_vibevoice_realtime import (
         SPEECH_TYPE,
         TEXT_TYPE,
     )

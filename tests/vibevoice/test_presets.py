@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipecat_vibevoice.engine.vibevoice.presets import (
+from pipecat_vibevoice.models.vibevoice_realtime.presets import (
     BRANCHES,
     PresetError,
     find_presets,

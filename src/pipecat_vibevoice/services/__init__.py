@@ -1,5 +1,5 @@
 """Pipecat services over the pipecat-vibevoice engine (no transport knowledge here)."""
 
-from .vibevoice_tts import VibeVoiceTTSService, VibeVoiceTTSSettings
+from .vibevoice.tts import VibeVoiceTTSService, VibeVoiceTTSSettings
 
 __all__ = ["VibeVoiceTTSService", "VibeVoiceTTSSettings"]

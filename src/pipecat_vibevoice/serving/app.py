@@ -2,7 +2,7 @@
 
 This is the GPU-host deployment (the engine behind a websocket for bots and apps that
 only need speech), and what the serving tests run against. The voice bot's app
-(:mod:`pipecat_vibevoice.transports.app`) includes the same router next to its own
+(:mod:`pipecat_vibevoice.bot.app`) includes the same router next to its own
 routes, so one process can serve both on one port.
 
 Run::

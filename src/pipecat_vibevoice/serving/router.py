@@ -19,9 +19,9 @@ from ..engine import TTSConfig, TTSEngine
 from .limits import origin_allowed, token_ok
 from .metrics import CONTENT_TYPE
 from .protocol import event
-from .service import TTSService
 from .session import TTSSession
 from .settings import ServingSettings
+from .state import TTSService
 
 #: Close codes: policy violation (auth, origin) and "try again later" (busy).
 CLOSE_POLICY = 1008

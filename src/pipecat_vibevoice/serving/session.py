@@ -41,7 +41,7 @@ from .protocol import (
     parse_message,
 )
 from .scheduler import DEADLINE, FIRST_CHUNK_SLACK_S
-from .service import TTSService
+from .state import TTSService
 from .store import SynthesisRecord
 
 

@@ -24,7 +24,7 @@ def make_piper(config: TTSConfig) -> SpeechBackend:
 def make_vibevoice(config: TTSConfig) -> SpeechBackend:
     """VibeVoice-Realtime; raises :class:`BackendUnavailable` when torch or the weights are missing."""
     try:
-        from ..vibevoice.backend import VibeVoiceBackend
+        from .vibevoice import VibeVoiceBackend
     except ImportError as exc:
         raise BackendUnavailable(
             f"VibeVoice needs the 'vibevoice' extra (torch, transformers, diffusers): {exc}"

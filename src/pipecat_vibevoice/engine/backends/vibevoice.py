@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 from loguru import logger
 
-from ..backends.base import AudioPiece, BackendUnavailable, SpeechBackend, SynthesisRequest
+from ...models.vibevoice_realtime.checkpoint import resolve_model_dir
 from ..config import TTSConfig
-from .checkpoint import resolve_model_dir
+from .base import AudioPiece, BackendUnavailable, SpeechBackend, SynthesisRequest
 
 REQUIRED_PACKAGES = ("torch", "transformers", "diffusers", "safetensors", "tokenizers")
 #: The official default voice, listed first when present.
@@ -109,8 +109,8 @@ class VibeVoiceBackend(SpeechBackend):
     def load(self) -> None:
         import torch
 
-        from .checkpoint import load_model
-        from .presets import find_presets
+        from ...models.vibevoice_realtime.checkpoint import load_model
+        from ...models.vibevoice_realtime.presets import find_presets
 
         self._preset_paths = find_presets(self.voice_dirs)
         if not self._preset_paths:
@@ -134,7 +134,7 @@ class VibeVoiceBackend(SpeechBackend):
         self._model = load_model(self.model_dir, self.device, self.dtype)
         self._preset(self.voices()[0])  # load and check the default voice now
         if self.config.max_batch > 1:
-            from .batcher import VibeVoiceBatcher
+            from ...models.vibevoice_realtime.batcher import VibeVoiceBatcher
 
             self._batcher = VibeVoiceBatcher(self._model, self.config.max_batch)
         logger.info(
@@ -204,7 +204,7 @@ class VibeVoiceBackend(SpeechBackend):
     # -- synthesis ----------------------------------------------------------------------
 
     def _preset(self, voice: str) -> Any:
-        from .presets import load_preset
+        from ...models.vibevoice_realtime.presets import load_preset
 
         with self._preset_lock:
             preset = self._presets.get(voice)
@@ -228,7 +228,7 @@ class VibeVoiceBackend(SpeechBackend):
 
     def settings_for(self, options: dict[str, Any]) -> Any:
         """Generation settings from per-call options, defaults from the config."""
-        from .generation import GenerationSettings
+        from ...models.vibevoice_realtime.generation import GenerationSettings
 
         cfg_scale = float(options.get("cfg_scale", self.config.cfg_scale))
         steps = options.get("inference_steps", self.config.inference_steps)
@@ -248,7 +248,12 @@ class VibeVoiceBackend(SpeechBackend):
         )
 
     def stream(self, request: SynthesisRequest) -> Iterator[AudioPiece]:
-        from .generation import WAITING, TextTokenStream, TorchNoise, generate
+        from ...models.vibevoice_realtime.generation import (
+            WAITING,
+            TextTokenStream,
+            TorchNoise,
+            generate,
+        )
 
         settings = self.settings_for(request.options)
         model = self.model

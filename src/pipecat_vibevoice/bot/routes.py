@@ -17,7 +17,7 @@ _MEDIA = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
 
 def static_dir() -> Any:
     """Directory of the browser client (package data)."""
-    return resources.files("pipecat_vibevoice.transports").joinpath("static")
+    return resources.files("pipecat_vibevoice.bot").joinpath("static")
 
 
 def bot_router() -> APIRouter:

@@ -2,10 +2,10 @@
 
 Examples::
 
-    python -m pipecat_vibevoice.client "Hello there." -o hello.wav
-    python -m pipecat_vibevoice.client "Hello there." --play          # aplay/paplay/ffplay
-    echo "Streamed like LLM output." | python -m pipecat_vibevoice.client - --append
-    python -m pipecat_vibevoice.client "Hi." --url wss://host/v1/tts/stream --token SECRET
+    python -m pipecat_vibevoice.clients.tts_client "Hello there." -o hello.wav
+    python -m pipecat_vibevoice.clients.tts_client "Hello there." --play          # aplay/paplay/ffplay
+    echo "Streamed like LLM output." | python -m pipecat_vibevoice.clients.tts_client - --append
+    python -m pipecat_vibevoice.clients.tts_client "Hi." --url wss://host/v1/tts/stream --token SECRET
 
 It is also a compact reference of the protocol (docs/serving.md has the full one):
 connect, read ``ready``, send ``speak`` (or ``speak`` with ``final: false`` and then
@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .wav import write_wav
+from ..wav import write_wav
 
 DEFAULT_URL = "ws://127.0.0.1:8000/v1/tts/stream"
 
@@ -33,7 +33,7 @@ DEFAULT_URL = "ws://127.0.0.1:8000/v1/tts/stream"
 def build_parser() -> argparse.ArgumentParser:
     """The client's flags."""
     parser = argparse.ArgumentParser(
-        prog="python -m pipecat_vibevoice.client",
+        prog="python -m pipecat_vibevoice.clients.tts_client",
         description="Speak TEXT through a pipecat-vibevoice TTS server and play or save it.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )

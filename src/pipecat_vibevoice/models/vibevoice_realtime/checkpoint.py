@@ -14,7 +14,7 @@ from pathlib import Path
 
 from loguru import logger
 
-from ..backends.base import BackendUnavailable
+from ...engine.backends.base import BackendUnavailable
 
 #: Official prefixes we do not build, with why: the realtime model only decodes.
 IGNORED_PREFIXES = ("model.acoustic_tokenizer.encoder.",)

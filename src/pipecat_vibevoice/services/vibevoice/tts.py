@@ -58,10 +58,10 @@ from pipecat.utils.errors import ErrorCategory
 from pipecat.utils.tracing.service_decorators import traced_tts
 from pipecat.utils.types import NOT_GIVEN, NotGiven, is_given
 
-from ..engine import TTSConfig, TTSEngine, get_tts_engine
-from ..engine.config import PITCH_RANGE, SPEED_RANGE
-from ..engine.engine import check_range
-from .text_stream import HeldText, TextStream, engine_accepts_text_stream, sentences_from
+from ...engine import TTSConfig, TTSEngine, get_tts_engine
+from ...engine.config import PITCH_RANGE, SPEED_RANGE
+from ...engine.engine import check_range
+from .token_turns import HeldText, TextStream, engine_accepts_text_stream, sentences_from
 
 #: Text spoken once per (engine, voice) at start, so the first real turn does not
 #: pay for lazy initialisation and Pipecat never sees a silent first context.
