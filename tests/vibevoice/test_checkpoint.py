@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipecat_vibevoice.engine.backends.base import BackendUnavailable
 from pipecat_vibevoice.models.vibevoice_realtime.checkpoint import (
+    CheckpointNotFoundError,
     load_model,
     official_to_local,
     resolve_model_dir,
@@ -101,11 +101,11 @@ def test_missing_tensor_is_refused(tmp_path: Path, fixture_dir: Path) -> None:
 def test_resolve_refuses_quickly_without_network(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     started = time.perf_counter()
-    with pytest.raises(BackendUnavailable, match="not in the local Hugging Face cache"):
+    with pytest.raises(CheckpointNotFoundError, match="not in the local Hugging Face cache"):
         resolve_model_dir("microsoft/VibeVoice-Realtime-0.5B", cache_dir=str(tmp_path / "hf"))
-    with pytest.raises(BackendUnavailable, match="not a checkpoint directory"):
+    with pytest.raises(CheckpointNotFoundError, match="not a checkpoint directory"):
         resolve_model_dir(str(tmp_path))
-    with pytest.raises(BackendUnavailable, match="neither a directory nor a hub id"):
+    with pytest.raises(CheckpointNotFoundError, match="neither a directory nor a hub id"):
         resolve_model_dir(str(tmp_path / "no" / "such" / "dir"))
     assert time.perf_counter() - started < 5
 

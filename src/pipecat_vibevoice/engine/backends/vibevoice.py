@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from loguru import logger
 
-from ...models.vibevoice_realtime.checkpoint import resolve_model_dir
+from ...models.vibevoice_realtime.checkpoint import CheckpointNotFoundError, resolve_model_dir
 from ..config import TTSConfig
 from .base import AudioPiece, BackendUnavailable, SpeechBackend, SynthesisRequest
 
@@ -89,9 +89,12 @@ class VibeVoiceBackend(SpeechBackend):
                 f"VibeVoice needs {', '.join(missing)} (pip install 'pipecat-vibevoice[vibevoice]')"
             )
         self.config = config
-        self.model_dir = resolve_model_dir(
-            config.model_path, config.allow_download, config.cache_dir
-        )
+        try:
+            self.model_dir = resolve_model_dir(
+                config.model_path, config.allow_download, config.cache_dir
+            )
+        except CheckpointNotFoundError as exc:
+            raise BackendUnavailable(str(exc)) from exc
         self.voice_dirs = [self.model_dir]
         if config.voices_dir:
             self.voice_dirs.insert(0, Path(config.voices_dir).expanduser())

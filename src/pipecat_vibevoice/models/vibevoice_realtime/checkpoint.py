@@ -14,7 +14,10 @@ from pathlib import Path
 
 from loguru import logger
 
-from ...engine.backends.base import BackendUnavailable
+
+class CheckpointNotFoundError(FileNotFoundError):
+    """No usable checkpoint where one was asked for; the message says what is missing."""
+
 
 #: Official prefixes we do not build, with why: the realtime model only decodes.
 IGNORED_PREFIXES = ("model.acoustic_tokenizer.encoder.",)
@@ -101,25 +104,25 @@ def resolve_model_dir(
     """Local checkpoint directory for ``model_path`` (a directory or a hub id).
 
     A hub id resolves from the local Hugging Face cache only, unless ``allow_download``.
-    Raises :class:`BackendUnavailable` saying what is missing; never touches the network
+    Raises :class:`CheckpointNotFoundError` saying what is missing; never touches the network
     when downloads are off.
     """
     path = Path(model_path).expanduser()
     if path.exists():
         if is_checkpoint_dir(path):
             return path
-        raise BackendUnavailable(
+        raise CheckpointNotFoundError(
             f"VibeVoice model_path {path} is not a checkpoint directory "
             "(needs config.json and *.safetensors)"
         )
     if model_path.count("/") != 1 or model_path.startswith((".", "/", "~")):
-        raise BackendUnavailable(
+        raise CheckpointNotFoundError(
             f"VibeVoice model_path {model_path!r} is neither a directory nor a hub id"
         )
     try:
         from huggingface_hub import snapshot_download
     except ImportError as exc:  # pragma: no cover - transformers depends on it
-        raise BackendUnavailable(f"huggingface_hub is missing: {exc}") from exc
+        raise CheckpointNotFoundError(f"huggingface_hub is missing: {exc}") from exc
     patterns = ["*.json", "*.safetensors", "*.pt", "*.txt"]
     try:
         snapshot = snapshot_download(
@@ -134,10 +137,10 @@ def resolve_model_dir(
             if allow_download
             else "not in the local Hugging Face cache and downloads are off (allow_download)"
         )
-        raise BackendUnavailable(f"VibeVoice weights {model_path!r}: {how}: {exc}") from exc
+        raise CheckpointNotFoundError(f"VibeVoice weights {model_path!r}: {how}: {exc}") from exc
     snapshot_path = Path(snapshot)
     if not is_checkpoint_dir(snapshot_path):
-        raise BackendUnavailable(
+        raise CheckpointNotFoundError(
             f"VibeVoice weights {model_path!r} in the HF cache are incomplete "
             f"({snapshot_path} lacks config.json or *.safetensors)"
         )
