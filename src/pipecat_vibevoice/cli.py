@@ -19,7 +19,7 @@ from pathlib import Path
 from loguru import logger
 
 from .engine import TTSConfig, TTSEngine
-from .engine.config import PITCH_RANGE, SPEED_RANGE
+from .engine.controls import PITCH, SPEED
 from .wav import write_wav
 
 
@@ -48,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="WAV path (default out.wav); with --file, a directory (default out/)",
     )
     say.add_argument("--voice", default=None, help="voice name or index (see --list-voices)")
-    say.add_argument("--speed", type=float, default=1.0, help=f"speaking rate {SPEED_RANGE}")
-    say.add_argument("--pitch", type=float, default=1.0, help=f"pitch factor {PITCH_RANGE}")
+    say.add_argument("--speed", type=float, default=1.0, help=f"speaking rate {SPEED.range_text}")
+    say.add_argument("--pitch", type=float, default=1.0, help=f"pitch factor {PITCH.range_text}")
     say.add_argument(
         "--seed",
         type=int,

@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
+from .controls import CFG_SCALE, INFERENCE_STEPS, ControlError
+
 ENV_PREFIX = "PIPECAT_VIBEVOICE_"
 
 EngineChoice = Literal["auto", "vibevoice", "piper"]
@@ -26,9 +28,6 @@ DTYPE_CHOICES: tuple[str, ...] = ("auto", "bfloat16", "float32", "float64")
 
 #: Hub id of the official checkpoint; only used when it is already in the local HF cache.
 DEFAULT_VIBEVOICE_MODEL = "microsoft/VibeVoice-Realtime-0.5B"
-
-SPEED_RANGE = (0.5, 2.0)
-PITCH_RANGE = (0.5, 2.0)
 
 
 class ConfigError(ValueError):
@@ -84,8 +83,8 @@ class TTSConfig:
     max_text_chars: int = 100_000
     load_retries: int = 3
     num_threads: int = 0
-    cfg_scale: float = 1.5
-    inference_steps: int = 5
+    cfg_scale: float = CFG_SCALE.default
+    inference_steps: int = INFERENCE_STEPS.default
     max_batch: int = 8
     release_memory: bool = True
     cache_dir: str | None = None
@@ -123,10 +122,11 @@ class TTSConfig:
             raise ConfigError(f"load_retries must be at least 1, got {self.load_retries}")
         if self.num_threads < 0:
             raise ConfigError(f"num_threads must be >= 0, got {self.num_threads}")
-        if not 0.0 < self.cfg_scale <= 10.0:
-            raise ConfigError(f"cfg_scale must be within (0, 10], got {self.cfg_scale}")
-        if not 1 <= self.inference_steps <= 100:
-            raise ConfigError(f"inference_steps must be within 1..100, got {self.inference_steps}")
+        for control in (CFG_SCALE, INFERENCE_STEPS):
+            try:
+                setattr(self, control.name, control.check(getattr(self, control.name)))
+            except ControlError as exc:
+                raise ConfigError(str(exc)) from None
         if not 1 <= self.max_batch <= 64:
             raise ConfigError(f"max_batch must be within 1..64, got {self.max_batch}")
 

@@ -33,7 +33,8 @@ from .backends.base import (
     TextSource,
 )
 from .chunks import SpanTimeline, SpeechChunk, align, iter_stream_sentences, map_span
-from .config import PITCH_RANGE, SPEED_RANGE, TTSConfig
+from .config import TTSConfig
+from .controls import CONTROLS, PITCH, SPEED
 from .text import (
     EmptyTextError,
     TextError,
@@ -73,18 +74,6 @@ class BatchResult(list):
     def failed(self) -> list[int]:
         """Indices of the items that failed."""
         return sorted(self.errors)
-
-
-def check_range(name: str, value: float, bounds: tuple[float, float]) -> float:
-    """Raise ``ValueError`` naming the bound that ``value`` crosses."""
-    low, high = bounds
-    if not isinstance(value, int | float) or value != value:  # NaN check
-        raise ValueError(f"{name} must be a number within {low}..{high}, got {value!r}")
-    if value < low:
-        raise ValueError(f"{name}={value} is below the minimum of {low}")
-    if value > high:
-        raise ValueError(f"{name}={value} is above the maximum of {high}")
-    return float(value)
 
 
 class TTSEngine:
@@ -301,8 +290,12 @@ class TTSEngine:
         Spans index the cleaned text for a ``str`` and the concatenated pieces for a
         stream; see :class:`~pipecat_vibevoice.engine.chunks.SpeechChunk`.
         """
-        speed = check_range("speed", speed, SPEED_RANGE)
-        pitch = check_range("pitch", pitch, PITCH_RANGE)
+        speed = SPEED.check(speed)
+        pitch = PITCH.check(pitch)
+        options = {
+            k: CONTROLS[k].check(v) if k in CONTROLS and v is not None else v
+            for k, v in options.items()
+        }
         pieces: AsyncIterable[str] | None = None
         if isinstance(text, str):
             text = validate_text(text, self.config.max_text_chars)

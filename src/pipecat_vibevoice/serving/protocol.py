@@ -19,10 +19,11 @@ with a stable ``reason`` code, so a client can react without parsing prose.
 from __future__ import annotations
 
 import json
-import math
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
+
+from ..engine.controls import CFG_SCALE, INFERENCE_STEPS, PITCH, SEED, SPEED, Control, ControlError
 
 MESSAGE_TYPES = ("speak", "append", "flush", "end", "cancel")
 
@@ -76,8 +77,8 @@ class Cancel:
 
 ClientMessage = Speak | Append | Flush | End | Cancel
 
-#: Options passed to the engine when a client sets them (VibeVoice knobs).
-ENGINE_OPTIONS = {"cfg_scale": (0.1, 10.0), "inference_steps": (1, 50), "seed": (0, 2**31 - 1)}
+#: Engine options a client may set per utterance (checked by the engine's controls).
+ENGINE_OPTIONS = (CFG_SCALE, INFERENCE_STEPS, SEED)
 
 
 def new_id() -> str:
@@ -114,17 +115,17 @@ def parse_message(raw: str, max_chars: int) -> ClientMessage:
         voice = data.get("voice")
         if voice is not None and (isinstance(voice, bool) or not isinstance(voice, str | int)):
             raise ProtocolError("invalid_message", "voice must be a name or an index", request_id)
-        options: dict[str, Any] = {}
-        for name, (low, high) in ENGINE_OPTIONS.items():
-            if data.get(name) is not None:
-                value = _number(data, name, low, high, request_id)
-                options[name] = int(value) if name != "cfg_scale" else value
+        options = {
+            c.name: _control(data, c, request_id)
+            for c in ENGINE_OPTIONS
+            if data.get(c.name) is not None
+        }
         return Speak(
             id=request_id or new_id(),
             text=text,
             voice=voice,
-            speed=_number(data, "speed", 0.5, 2.0, request_id, default=1.0),
-            pitch=_number(data, "pitch", 0.5, 2.0, request_id, default=1.0),
+            speed=_control(data, SPEED, request_id),
+            pitch=_control(data, PITCH, request_id),
             final=final,
             options=options,
         )
@@ -166,20 +167,16 @@ def _text(
     return text
 
 
-def _number(
-    data: dict[str, Any],
-    name: str,
-    low: float,
-    high: float,
-    request_id: str | None,
-    default: float | None = None,
-) -> float:
-    value = data.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ProtocolError("invalid_message", f"{name} must be a number", request_id)
-    if not low <= value <= high:
-        raise ProtocolError("invalid_value", f"{name}={value} is outside {low}..{high}", request_id)
-    return float(value)
+def _control(data: dict[str, Any], control: Control, request_id: str | None) -> Any:
+    """The checked value of a control (its default when absent).
+
+    Not a number → ``invalid_message``; a number out of range → ``invalid_value``.
+    """
+    try:
+        return control.check(data.get(control.name, control.default))
+    except ControlError as exc:
+        reason = "invalid_message" if exc.kind == "type" else "invalid_value"
+        raise ProtocolError(reason, str(exc), request_id) from None
 
 
 def event(kind: str, **fields: Any) -> str:

@@ -230,22 +230,19 @@ class VibeVoiceBackend(SpeechBackend):
         return list(encoding.ids), [tuple(o) for o in encoding.offsets]
 
     def settings_for(self, options: dict[str, Any]) -> Any:
-        """Generation settings from per-call options, defaults from the config."""
+        """Generation settings from per-call options, defaults from the config.
+
+        The engine has already checked every control in ``options`` (``engine.controls``).
+        """
         from ...models.vibevoice_realtime.generation import GenerationSettings
 
-        cfg_scale = float(options.get("cfg_scale", self.config.cfg_scale))
-        steps = options.get("inference_steps", self.config.inference_steps)
-        if not 0.0 < cfg_scale <= 10.0:
-            raise ValueError(f"cfg_scale must be within (0, 10], got {cfg_scale}")
-        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 100:
-            raise ValueError(f"inference_steps must be an int within 1..100, got {steps!r}")
         solver = options.get("solver", SOLVERS[0])
         if solver not in SOLVERS:
             raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
         max_latents = options.get("max_latents")
         return GenerationSettings(
-            cfg_scale=cfg_scale,
-            inference_steps=steps,
+            cfg_scale=options.get("cfg_scale", self.config.cfg_scale),
+            inference_steps=options.get("inference_steps", self.config.inference_steps),
             algorithm=solver,
             max_latents=None if max_latents is None else int(max_latents),
         )

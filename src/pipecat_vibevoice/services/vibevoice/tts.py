@@ -59,16 +59,15 @@ from pipecat.utils.tracing.service_decorators import traced_tts
 from pipecat.utils.types import NOT_GIVEN, NotGiven, is_given
 
 from ...engine import TTSConfig, TTSEngine, get_tts_engine
-from ...engine.config import PITCH_RANGE, SPEED_RANGE
-from ...engine.engine import check_range
+from ...engine.controls import CONTROLS, VIBEVOICE_CONTROLS, ControlError
 from .token_turns import HeldText, TextStream, engine_accepts_text_stream, sentences_from
 
 #: Text spoken once per (engine, voice) at start, so the first real turn does not
 #: pay for lazy initialisation and Pipecat never sees a silent first context.
 WARMUP_TEXT = "Hello."
 
-#: Options only the VibeVoice backend understands; Piper ignores them.
-VIBEVOICE_OPTIONS = ("cfg_scale", "inference_steps")
+#: The numeric settings, each checked by its engine control (one range everywhere).
+NUMERIC_SETTINGS = ("speed", "pitch", *VIBEVOICE_CONTROLS)
 
 # Voices already warmed per engine. Engines are shared by every session of a
 # process, so this keeps the warm-up a once-per-process cost.
@@ -101,32 +100,6 @@ class VibeVoiceTTSSettings(TTSSettings):
     pitch: float | NotGiven = field(default_factory=_not_given)
     cfg_scale: float | NotGiven = field(default_factory=_not_given)
     inference_steps: int | NotGiven = field(default_factory=_not_given)
-
-
-class SettingError(ValueError):
-    """A settings value the service refuses; the message names the field and the bounds."""
-
-
-def validate_setting(name: str, value: Any) -> Any:
-    """Check one numeric setting and return its canonical value, or raise :class:`SettingError`."""
-    try:
-        if name == "speed":
-            return check_range("speed", value, SPEED_RANGE)
-        if name == "pitch":
-            return check_range("pitch", value, PITCH_RANGE)
-        if name == "cfg_scale":
-            if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
-                raise ValueError(f"cfg_scale must be a number within (0, 10], got {value!r}")
-            if not 0.0 < value <= 10.0:
-                raise ValueError(f"cfg_scale={value} is outside (0, 10]")
-            return float(value)
-        if name == "inference_steps":
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100:
-                raise ValueError(f"inference_steps must be an integer within 1..100, got {value!r}")
-            return value
-    except ValueError as exc:
-        raise SettingError(str(exc)) from exc
-    return value
 
 
 class VibeVoiceTTSService(TTSService):
@@ -202,10 +175,10 @@ class VibeVoiceTTSService(TTSService):
         if settings is not None:
             settings = copy.copy(settings)  # the caller's object is left as it was
             settings.extra = dict(settings.extra)
-            for name in ("speed", "pitch", "cfg_scale", "inference_steps"):
+            for name in NUMERIC_SETTINGS:
                 value = getattr(settings, name)
                 if is_given(value):
-                    setattr(settings, name, validate_setting(name, value))
+                    setattr(settings, name, CONTROLS[name].check(value))
             default_settings.apply_update(settings)
 
         kwargs.pop("push_start_frame", None)
@@ -342,13 +315,13 @@ class VibeVoiceTTSService(TTSService):
         A refused value is reported as an ``ErrorFrame`` (category APPLICATION, so the
         service stays usable) and the next utterance speaks with the old settings.
         """
-        for name in ("speed", "pitch", "cfg_scale", "inference_steps"):
+        for name in NUMERIC_SETTINGS:
             value = getattr(delta, name, NOT_GIVEN)
             if not is_given(value):
                 continue
             try:
-                setattr(delta, name, validate_setting(name, value))
-            except SettingError as exc:
+                setattr(delta, name, CONTROLS[name].check(value))
+            except ControlError as exc:
                 setattr(delta, name, NOT_GIVEN)
                 await self._refuse_setting(name, exc)
         if is_given(delta.voice):
@@ -366,7 +339,7 @@ class VibeVoiceTTSService(TTSService):
         unhandled = {k for k in changed if k in ("model", "language")}
         if self._engine is not None and self._engine.is_initialized:
             if self._engine.backend.name != "vibevoice":
-                ignored = {k for k in changed if k in VIBEVOICE_OPTIONS}
+                ignored = {k for k in changed if k in VIBEVOICE_CONTROLS}
                 if ignored:
                     logger.warning(
                         f"{self}: {', '.join(sorted(ignored))} only affect VibeVoice, "
@@ -390,7 +363,7 @@ class VibeVoiceTTSService(TTSService):
         """Backend options from the settings, for the backends that read them."""
         options = dict(self._extra_options)
         if engine.backend.name == "vibevoice":
-            options.update({name: getattr(self._settings, name) for name in VIBEVOICE_OPTIONS})
+            options.update({name: getattr(self._settings, name) for name in VIBEVOICE_CONTROLS})
         return options
 
     def _request_kwargs(self, engine: TTSEngine) -> dict[str, Any]:
