@@ -2,21 +2,18 @@
 
 Every field can be set three ways, in rising priority: the dataclass default, an
 environment variable ``PIPECAT_VIBEVOICE_<FIELD>`` (upper case), and a CLI flag
-``--<field-with-dashes>``. Validation happens in ``__post_init__`` so a bad value
-fails at start-up with a message that names the field, not deep in the audio path.
+``--<field-with-dashes>`` (the rules: :mod:`pipecat_vibevoice.settings_base`).
+Validation happens in ``__post_init__`` so a bad value fails at start-up with a message
+that names the field, not deep in the audio path.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar, Literal
 
+from ..settings_base import EnvSettings, SettingsError
 from .controls import CFG_SCALE, INFERENCE_STEPS, ControlError
-
-ENV_PREFIX = "PIPECAT_VIBEVOICE_"
 
 EngineChoice = Literal["auto", "vibevoice", "piper"]
 DeviceChoice = Literal["auto", "cuda", "cpu"]
@@ -30,12 +27,16 @@ DTYPE_CHOICES: tuple[str, ...] = ("auto", "bfloat16", "float32", "float64")
 DEFAULT_VIBEVOICE_MODEL = "microsoft/VibeVoice-Realtime-0.5B"
 
 
-class ConfigError(ValueError):
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+class ConfigError(SettingsError):
     """A configuration value is invalid; the message names the field and the allowed range."""
 
 
 @dataclass
-class TTSConfig:
+class TTSConfig(EnvSettings):
     """Settings of a :class:`~pipecat_vibevoice.engine.TTSEngine`.
 
     Attributes:
@@ -70,25 +71,59 @@ class TTSConfig:
 
     """
 
-    engine: EngineChoice = "auto"
-    model_path: str = DEFAULT_VIBEVOICE_MODEL
-    voices_dir: str | None = None
-    sample_rate: int = 24000
-    device: DeviceChoice = "auto"
-    dtype: DtypeChoice = "auto"
-    streaming: bool = True
-    chunk_ms: int = 80
-    gpu_memory_fraction: float = 0.4
-    default_voice: str | None = None
-    max_text_chars: int = 100_000
-    load_retries: int = 3
-    num_threads: int = 0
-    cfg_scale: float = CFG_SCALE.default
-    inference_steps: int = INFERENCE_STEPS.default
-    max_batch: int = 8
-    release_memory: bool = True
-    cache_dir: str | None = None
-    allow_download: bool = False
+    GROUP: ClassVar[str] = "engine"
+    ERROR: ClassVar[type[ValueError]] = ConfigError
+
+    engine: EngineChoice = field(
+        default="auto",
+        metadata=_help("auto | vibevoice | piper (auto falls back to the bundled voice)"),
+    )
+    model_path: str = field(
+        default=DEFAULT_VIBEVOICE_MODEL,
+        metadata=_help("VibeVoice checkpoint dir or hub id (local cache only)"),
+    )
+    voices_dir: str | None = field(
+        default=None, metadata=_help("extra directory of VibeVoice voice presets (*.pt)")
+    )
+    sample_rate: int = field(default=24000, metadata=_help("output sample rate in Hz"))
+    device: DeviceChoice = field(default="auto", metadata=_help("auto | cuda | cpu"))
+    dtype: DtypeChoice = field(
+        default="auto",
+        metadata=_help("VibeVoice compute dtype (auto: bf16 on CUDA, float32 on CPU)"),
+    )
+    streaming: bool = field(default=True, metadata=_help("stream chunks as they are made"))
+    chunk_ms: int = field(
+        default=80, metadata=_help("chunk duration in ms (all chunks but the last)")
+    )
+    gpu_memory_fraction: float = field(
+        default=0.4, metadata=_help("share of GPU memory to use (CUDA only)")
+    )
+    default_voice: str | None = field(
+        default=None, metadata=_help("voice used when none is asked for")
+    )
+    max_text_chars: int = field(default=100_000, metadata=_help("refuse texts longer than this"))
+    load_retries: int = field(default=3, metadata=_help("model loading attempts"))
+    num_threads: int = field(
+        default=0, metadata=_help("CPU inference threads (0 = library default)")
+    )
+    cfg_scale: float = field(
+        default=CFG_SCALE.default, metadata=_help("VibeVoice classifier-free guidance scale")
+    )
+    inference_steps: int = field(
+        default=INFERENCE_STEPS.default, metadata=_help("VibeVoice diffusion steps per latent")
+    )
+    max_batch: int = field(
+        default=8,
+        metadata=_help("VibeVoice utterances batched into one model step (1 = unbatched)"),
+    )
+    release_memory: bool = field(
+        default=True,
+        metadata=_help("give the CPU voice's scratch memory back after each utterance"),
+    )
+    cache_dir: str | None = field(default=None, metadata=_help("directory for derived model files"))
+    allow_download: bool = field(
+        default=False, metadata=_help("allow fetching VibeVoice weights from the hub")
+    )
 
     def __post_init__(self) -> None:
         self.validate()
@@ -138,117 +173,3 @@ class TTSConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain dict, for logs and health output."""
         return asdict(self)
-
-    # -- environment --------------------------------------------------------------------
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> TTSConfig:
-        """Build a config from ``PIPECAT_VIBEVOICE_*`` variables, then ``overrides``."""
-        environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = environ.get(ENV_PREFIX + f.name.upper())
-            if raw is not None and raw != "":
-                values[f.name] = parse_env_value(ENV_PREFIX + f.name.upper(), f.type, raw)
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
-
-    # -- command line -------------------------------------------------------------------
-
-    @classmethod
-    def add_cli_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """Add one ``--flag`` per field; defaults come from the environment at parse time."""
-        group = parser.add_argument_group(
-            "engine", f"TTS engine settings (also read from {ENV_PREFIX}<NAME> variables)"
-        )
-        helps = {
-            "engine": "auto | vibevoice | piper (auto falls back to the bundled voice)",
-            "model_path": "VibeVoice checkpoint dir or hub id (local cache only)",
-            "voices_dir": "extra directory of VibeVoice voice presets (*.pt)",
-            "sample_rate": "output sample rate in Hz",
-            "device": "auto | cuda | cpu",
-            "dtype": "VibeVoice compute dtype: auto (bf16 on CUDA, float32 on CPU) | bfloat16 | float32 | float64",
-            "streaming": "stream chunks as they are made",
-            "chunk_ms": "chunk duration in ms (all chunks but the last)",
-            "gpu_memory_fraction": "share of GPU memory to use (CUDA only)",
-            "default_voice": "voice used when none is asked for",
-            "max_text_chars": "refuse texts longer than this",
-            "load_retries": "model loading attempts",
-            "num_threads": "CPU inference threads (0 = library default)",
-            "cfg_scale": "VibeVoice classifier-free guidance scale",
-            "inference_steps": "VibeVoice diffusion steps per latent",
-            "max_batch": "VibeVoice utterances batched into one model step (1 = unbatched)",
-            "release_memory": "give the CPU voice's scratch memory back after each utterance",
-            "cache_dir": "directory for derived model files",
-            "allow_download": "allow fetching VibeVoice weights from the hub",
-        }
-        for f in fields(cls):
-            flag = "--" + f.name.replace("_", "-")
-            if f.type in ("bool", bool):
-                group.add_argument(
-                    flag,
-                    dest=f"engine_{f.name}",
-                    action=argparse.BooleanOptionalAction,
-                    default=None,
-                    help=helps.get(f.name, ""),
-                )
-            else:
-                kwargs: dict[str, Any] = {}
-                if f.name == "engine":
-                    kwargs["choices"] = ENGINE_CHOICES
-                if f.name == "device":
-                    kwargs["choices"] = DEVICE_CHOICES
-                if f.name == "dtype":
-                    kwargs["choices"] = DTYPE_CHOICES
-                group.add_argument(
-                    flag,
-                    dest=f"engine_{f.name}",
-                    default=None,
-                    type=value_parser(f.type),
-                    help=helps.get(f.name, ""),
-                    **kwargs,
-                )
-
-    @classmethod
-    def from_args(
-        cls, args: argparse.Namespace, environ: Mapping[str, str] | None = None
-    ) -> TTSConfig:
-        """Environment first, then whatever flags were given on the command line."""
-        overrides = {
-            f.name: getattr(args, f"engine_{f.name}")
-            for f in fields(cls)
-            if getattr(args, f"engine_{f.name}", None) is not None
-        }
-        return cls.from_env(environ, **overrides)
-
-
-def parse_bool(raw: str) -> bool:
-    """``1/true/yes/on`` or ``0/false/no/off`` (any case); anything else is a ValueError."""
-    lowered = raw.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(raw)
-
-
-def value_parser(type_name: Any) -> Callable[[str], Any]:
-    """The parser for a dataclass field's annotation (shared by every settings class)."""
-    name = str(type_name)
-    if name.startswith("bool"):
-        return parse_bool
-    if name.startswith("int"):
-        return lambda raw: int(raw.strip())
-    if name.startswith("float"):
-        return lambda raw: float(raw.strip())
-    return str
-
-
-def parse_env_value(variable: str, type_name: Any, raw: str) -> Any:
-    """Parse one environment value; a bad one raises :class:`ConfigError` naming the variable."""
-    try:
-        return value_parser(type_name)(raw)
-    except ValueError:
-        raise ConfigError(
-            f"{variable}={raw!r} is not a valid {str(type_name).split()[0]}"
-        ) from None

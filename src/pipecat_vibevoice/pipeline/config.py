@@ -7,10 +7,11 @@ our TTS service. Nothing here reaches the network unless ``llm_url`` is set.
 
 from __future__ import annotations
 
-import argparse
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
+
+from ..settings_base import EnvSettings, SettingsError
 
 #: Environment variable read for the OpenAI-compatible server's API key.
 LLM_API_KEY_ENV = "PIPECAT_VIBEVOICE_LLM_API_KEY"
@@ -21,12 +22,12 @@ DEFAULT_SYSTEM_PROMPT = (
 )
 
 
-class BotConfigError(ValueError):
+class BotConfigError(SettingsError):
     """A bot setting is invalid; the message names it."""
 
 
 @dataclass
-class BotConfig:
+class BotConfig(EnvSettings):
     """How one conversation is wired: turn taking, barge-in, STT and LLM.
 
     Attributes:
@@ -73,29 +74,75 @@ class BotConfig:
 
     """
 
-    stt_model_path: str | None = None
-    stt_threads: int = 2
-    stt_interim_secs: float = 1.0
-    stt_nice: int = 0
-    vad_confidence: float = 0.7
-    vad_start_secs: float = 0.2
-    vad_stop_secs: float = 0.2
-    onset_confidence: float = 0.5
-    onset_windows: int = 2
-    pause_timeout_secs: float = 0.6
-    end_windows: int = 2
-    max_pause_secs: float = 0.9
-    short_turn_words: int = 3
-    short_turn_pause_secs: float = 0.6
-    min_tail_confidence: float = 0.4
-    smart_turn: bool = False
-    llm_url: str | None = None
-    llm_model: str = "llama3.2"
-    llm_api_key: str | None = field(default=None, repr=False)
-    system_prompt: str = DEFAULT_SYSTEM_PROMPT
-    voice: str | int = 0
-    greeting: str = ""
-    idle_timeout_secs: float = 300.0
+    GROUP: ClassVar[str] = "conversation (speech recognition, turns, barge-in, LLM)"
+    ERROR: ClassVar[type[ValueError]] = BotConfigError
+
+    stt_model_path: str | None = field(
+        default=None, metadata={"help": "faster-whisper model dir (unset: the bundled tiny.en)"}
+    )
+    stt_threads: int = field(default=2, metadata={"help": "CPU threads per transcription"})
+    stt_interim_secs: float = field(
+        default=1.0, metadata={"help": "interim transcript every N s of speech, 0 = off"}
+    )
+    stt_nice: int = field(
+        default=0, metadata={"help": "lower the recognizer threads' priority by N, 0..19"}
+    )
+    vad_confidence: float = field(default=0.7, metadata={"help": "Silero speech confidence"})
+    vad_start_secs: float = field(
+        default=0.2, metadata={"help": "speech that confirms a user turn"}
+    )
+    vad_stop_secs: float = field(
+        default=0.2, metadata={"help": "silence before end of turn is considered"}
+    )
+    onset_confidence: float = field(
+        default=0.5, metadata={"help": "raw confidence that pauses bot playback"}
+    )
+    onset_windows: int = field(
+        default=2, metadata={"help": "32 ms windows over --onset-confidence to pause"}
+    )
+    pause_timeout_secs: float = field(
+        default=0.6, metadata={"help": "resume playback if a pause is not confirmed"}
+    )
+    end_windows: int = field(
+        default=2, metadata={"help": "quiet 32 ms windows that start the final transcript early"}
+    )
+    max_pause_secs: float = field(
+        default=0.9, metadata={"help": "silence that ends even an unfinished-sounding turn"}
+    )
+    short_turn_words: int = field(
+        default=3, metadata={"help": "turns of at most N words wait --short-turn-pause-secs"}
+    )
+    short_turn_pause_secs: float = field(
+        default=0.6, metadata={"help": "silence that ends a short turn"}
+    )
+    min_tail_confidence: float = field(
+        default=0.4,
+        metadata={
+            "help": "a turn ends early only if the last word was heard with this probability"
+        },
+    )
+    smart_turn: bool = field(
+        default=False, metadata={"help": "use Pipecat's bundled smart-turn model too"}
+    )
+    llm_url: str | None = field(
+        default=None,
+        metadata={
+            "help": "OpenAI-compatible base URL, e.g. http://127.0.0.1:11434/v1 (unset: the built-in "
+            f"offline responder; key from ${LLM_API_KEY_ENV})"
+        },
+    )
+    llm_model: str = field(default="llama3.2", metadata={"help": "model name for --llm-url"})
+    llm_api_key: str | None = field(default=None, repr=False, metadata={"cli": False})
+    system_prompt: str = field(
+        default=DEFAULT_SYSTEM_PROMPT, metadata={"help": "system prompt sent to the LLM"}
+    )
+    voice: str | int = field(
+        default=0, metadata={"help": "TTS voice name or index (0 = the engine's default voice)"}
+    )
+    greeting: str = field(default="", metadata={"help": "text spoken when a client connects"})
+    idle_timeout_secs: float = field(
+        default=300.0, metadata={"help": "close sessions idle this long"}
+    )
 
     def __post_init__(self) -> None:
         if self.llm_api_key is None:
@@ -153,160 +200,3 @@ class BotConfig:
         data = asdict(self)
         data["llm_api_key"] = "set" if self.llm_api_key else None
         return data
-
-    # -- command line -----------------------------------------------------------------
-
-    @staticmethod
-    def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-        """Add the bot flags (``--llm-url``, ``--vad-stop-secs``, ...) to ``parser``."""
-        d = BotConfig.__dataclass_fields__
-        g = parser.add_argument_group("conversation", "speech recognition, turns, barge-in, LLM")
-        g.add_argument(
-            "--llm-url",
-            default=None,
-            help="OpenAI-compatible base URL, e.g. "
-            "http://127.0.0.1:11434/v1 (default: the built-in offline responder; key "
-            f"from ${LLM_API_KEY_ENV})",
-        )
-        g.add_argument(
-            "--llm-model",
-            default=d["llm_model"].default,
-            help="model name for --llm-url (default: %(default)s)",
-        )
-        g.add_argument(
-            "--system-prompt",
-            default=d["system_prompt"].default,
-            help="system prompt sent to the LLM",
-        )
-        g.add_argument(
-            "--stt-model-path",
-            default=None,
-            help="faster-whisper model dir (default: bundled tiny.en)",
-        )
-        g.add_argument(
-            "--stt-threads",
-            type=int,
-            default=d["stt_threads"].default,
-            help="CPU threads per transcription (default: %(default)s)",
-        )
-        g.add_argument(
-            "--stt-interim-secs",
-            type=float,
-            default=d["stt_interim_secs"].default,
-            help="interim transcript every N s of speech, 0 = off (default: %(default)s)",
-        )
-        g.add_argument(
-            "--stt-nice",
-            type=int,
-            default=d["stt_nice"].default,
-            help="lower the recognizer threads' priority by N, 0..19 (default: %(default)s)",
-        )
-        g.add_argument(
-            "--vad-confidence",
-            type=float,
-            default=d["vad_confidence"].default,
-            help="Silero speech confidence (default: %(default)s)",
-        )
-        g.add_argument(
-            "--vad-start-secs",
-            type=float,
-            default=d["vad_start_secs"].default,
-            help="speech that confirms a user turn (default: %(default)s)",
-        )
-        g.add_argument(
-            "--vad-stop-secs",
-            type=float,
-            default=d["vad_stop_secs"].default,
-            help="silence before end of turn is considered (default: %(default)s)",
-        )
-        g.add_argument(
-            "--onset-confidence",
-            type=float,
-            default=d["onset_confidence"].default,
-            help="raw confidence that pauses bot playback (default: %(default)s)",
-        )
-        g.add_argument(
-            "--onset-windows",
-            type=int,
-            default=d["onset_windows"].default,
-            help="32 ms windows over --onset-confidence to pause (default: %(default)s)",
-        )
-        g.add_argument(
-            "--pause-timeout-secs",
-            type=float,
-            default=d["pause_timeout_secs"].default,
-            help="resume playback if a pause is not confirmed (default: %(default)s)",
-        )
-        g.add_argument(
-            "--max-pause-secs",
-            type=float,
-            default=d["max_pause_secs"].default,
-            help="silence that ends even an unfinished-sounding turn (default: %(default)s)",
-        )
-        g.add_argument(
-            "--short-turn-words",
-            type=int,
-            default=d["short_turn_words"].default,
-            help="turns of at most N words wait --short-turn-pause-secs (default: %(default)s)",
-        )
-        g.add_argument(
-            "--short-turn-pause-secs",
-            type=float,
-            default=d["short_turn_pause_secs"].default,
-            help="silence that ends a short turn (default: %(default)s)",
-        )
-        g.add_argument(
-            "--min-tail-confidence",
-            type=float,
-            default=d["min_tail_confidence"].default,
-            help="a turn ends early only if the last word was heard with at least this "
-            "probability (default: %(default)s)",
-        )
-        g.add_argument(
-            "--smart-turn",
-            action=argparse.BooleanOptionalAction,
-            default=d["smart_turn"].default,
-            help="use Pipecat's bundled smart-turn model too (default: %(default)s)",
-        )
-        g.add_argument(
-            "--voice",
-            default=d["voice"].default,
-            help="TTS voice name or index (default: engine default)",
-        )
-        g.add_argument("--greeting", default="", help="text spoken when a client connects")
-        g.add_argument(
-            "--idle-timeout-secs",
-            type=float,
-            default=d["idle_timeout_secs"].default,
-            help="close idle sessions after this long (default: %(default)s)",
-        )
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> BotConfig:
-        """Build from parsed flags (see :meth:`add_cli_arguments`)."""
-        voice: str | int = args.voice
-        if isinstance(voice, str) and voice.isdigit():
-            voice = int(voice)
-        return cls(
-            stt_model_path=args.stt_model_path,
-            stt_threads=args.stt_threads,
-            stt_interim_secs=args.stt_interim_secs,
-            stt_nice=args.stt_nice,
-            vad_confidence=args.vad_confidence,
-            vad_start_secs=args.vad_start_secs,
-            vad_stop_secs=args.vad_stop_secs,
-            onset_confidence=args.onset_confidence,
-            onset_windows=args.onset_windows,
-            pause_timeout_secs=args.pause_timeout_secs,
-            max_pause_secs=args.max_pause_secs,
-            short_turn_words=args.short_turn_words,
-            short_turn_pause_secs=args.short_turn_pause_secs,
-            min_tail_confidence=args.min_tail_confidence,
-            smart_turn=args.smart_turn,
-            llm_url=args.llm_url,
-            llm_model=args.llm_model,
-            system_prompt=args.system_prompt,
-            voice=voice,
-            greeting=args.greeting,
-            idle_timeout_secs=args.idle_timeout_secs,
-        )

@@ -14,14 +14,30 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from ..engine import TTSConfig, TTSEngine
+from ..settings_base import EnvSettings
 from .router import create_tts_router, serving_health
 from .settings import ServingSettings
+
+
+@dataclass
+class TTSServerSettings(EnvSettings):
+    """Where the standalone TTS server listens (``PIPECAT_VIBEVOICE_SERVING_HOST`` etc.)."""
+
+    ENV_PREFIX: ClassVar[str] = "PIPECAT_VIBEVOICE_SERVING_"
+    GROUP: ClassVar[str] = "server"
+
+    host: str = field(default="127.0.0.1", metadata={"help": "interface to bind"})
+    port: int = field(default=8000, metadata={"help": "TCP port"})
+    log_level: Literal["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"] = field(
+        default="INFO", metadata={"help": "log level"}
+    )
 
 
 def create_app(
@@ -58,13 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m pipecat_vibevoice.serving",
         description="TTS server: WS /v1/tts/stream, GET /metrics, GET /health (docs/serving.md).",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="TCP port (8000)")
-    parser.add_argument(
-        "--log-level", default="INFO", choices=("TRACE", "DEBUG", "INFO", "WARNING", "ERROR")
-    )
-    ServingSettings.add_cli_arguments(parser)
-    TTSConfig.add_cli_arguments(parser)
+    for settings in (TTSServerSettings, ServingSettings, TTSConfig):
+        settings.add_cli_arguments(parser)
     return parser
 
 
@@ -75,19 +86,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        server = TTSServerSettings.from_args(args)
         settings = ServingSettings.from_args(args)
         tts_config = TTSConfig.from_args(args)
     except ValueError as exc:
         parser.error(str(exc))
     logger.remove()
     logger.configure(extra={"session": "-"})
-    logger.add(sys.stderr, level=args.log_level)
+    logger.add(sys.stderr, level=server.log_level)
     import uvicorn
 
     uvicorn.run(
         create_app(settings, tts_config),
-        host=args.host,
-        port=args.port,
+        host=server.host,
+        port=server.port,
         log_level="warning",
         ws_ping_interval=20,
         ws_ping_timeout=20,

@@ -3,22 +3,19 @@
 Like the engine's :class:`~pipecat_vibevoice.engine.TTSConfig`, every field has a
 default, an environment variable ``PIPECAT_VIBEVOICE_SERVING_<FIELD>`` and a CLI flag
 ``--tts-<field-with-dashes>`` (the ``tts-`` prefix keeps them apart from the bot's and
-the engine's flags on the same command line). Validation runs at construction so a bad
+the engine's flags on the same command line; the rules are
+:mod:`pipecat_vibevoice.settings_base`'s). Validation runs at construction so a bad
 value stops the server at start-up, naming the field.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-from collections.abc import Mapping
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from ..engine.config import parse_env_value, value_parser
-
-ENV_PREFIX = "PIPECAT_VIBEVOICE_SERVING_"
+from ..settings_base import EnvSettings, SettingsError
 
 
 def default_store_path() -> str:
@@ -28,7 +25,7 @@ def default_store_path() -> str:
 
 
 @dataclass
-class ServingSettings:
+class ServingSettings(EnvSettings):
     """Everything :func:`~.router.create_tts_router` needs.
 
     Attributes:
@@ -73,36 +70,77 @@ class ServingSettings:
 
     """
 
-    max_connections: int = 64
-    max_active_syntheses: int = 8
-    admission_wait_s: float = 0.0
-    edf: bool = True
-    engine_workers: int = 0
-    max_lead_s: float = 1.0
-    prebuffer_ms: int = 0
-    prebuffer_wait_ms: int = 60
-    max_queue: int = 32
-    max_message_bytes: int = 65536
-    max_message_chars: int = 5000
-    max_utterance_chars: int = 20000
-    rate_limit_per_s: float = 50.0
-    rate_limit_burst: int = 200
-    open_idle_s: float = 15.0
-    allowed_origins: str = ""
-    token: str = ""
-    send_timeout_s: float = 10.0
-    cache_max_bytes: int = 64 * 1024 * 1024
-    cache_max_text_chars: int = 500
-    cache_dir: str = ""
-    cache_disk_max_bytes: int = 512 * 1024 * 1024
-    store_url: str = field(default_factory=lambda: default_store_path())
-    store_queue: int = 10000
+    ENV_PREFIX: ClassVar[str] = "PIPECAT_VIBEVOICE_SERVING_"
+    FLAG_PREFIX: ClassVar[str] = "tts-"
+    GROUP: ClassVar[str] = "tts serving (WS /v1/tts/stream)"
+
+    max_connections: int = field(
+        default=64, metadata={"help": "open TTS sockets before 'busy' (0 = no limit)"}
+    )
+    max_active_syntheses: int = field(
+        default=8, metadata={"help": "utterances synthesising at once before 'busy'"}
+    )
+    admission_wait_s: float = field(
+        default=0.0, metadata={"help": "seconds an utterance may wait for a synthesis slot"}
+    )
+    edf: bool = field(
+        default=True,
+        metadata={"help": "earliest-deadline-first engine pool: 1 = on, 0 = engine's FIFO pool"},
+    )
+    engine_workers: int = field(
+        default=0, metadata={"help": "threads of the engine pool (0 = the engine's own width)"}
+    )
+    max_lead_s: float = field(
+        default=1.0,
+        metadata={"help": "under contention, hold back streams this far ahead (0 = off)"},
+    )
+    prebuffer_ms: int = field(
+        default=0, metadata={"help": "audio gathered before the first chunk goes out"}
+    )
+    prebuffer_wait_ms: int = field(
+        default=60, metadata={"help": "longest the start-up buffer may delay the first chunk"}
+    )
+    max_queue: int = field(default=32, metadata={"help": "queued utterances per connection"})
+    max_message_bytes: int = field(default=65536, metadata={"help": "largest client frame"})
+    max_message_chars: int = field(default=5000, metadata={"help": "longest text in one message"})
+    max_utterance_chars: int = field(
+        default=20000, metadata={"help": "longest utterance (appends included)"}
+    )
+    rate_limit_per_s: float = field(
+        default=50.0, metadata={"help": "messages per second per connection (0 = off)"}
+    )
+    rate_limit_burst: int = field(default=200, metadata={"help": "messages accepted back to back"})
+    open_idle_s: float = field(
+        default=15.0, metadata={"help": "flush an open utterance after this long without text"}
+    )
+    allowed_origins: str = field(
+        default="", metadata={"help": "comma-separated browser origins allowed ('*' = any)"}
+    )
+    token: str = field(
+        default="", metadata={"help": "bearer token required on the TTS socket (empty = none)"}
+    )
+    send_timeout_s: float = field(
+        default=10.0, metadata={"help": "disconnect a client that blocks one frame this long"}
+    )
+    cache_max_bytes: int = field(
+        default=64 * 1024 * 1024, metadata={"help": "response cache memory bound (0 = off)"}
+    )
+    cache_max_text_chars: int = field(default=500, metadata={"help": "longest text that is cached"})
+    cache_dir: str = field(default="", metadata={"help": "persist cache entries in this directory"})
+    cache_disk_max_bytes: int = field(
+        default=512 * 1024 * 1024, metadata={"help": "bound of the cache directory"}
+    )
+    store_url: str = field(
+        default_factory=lambda: default_store_path(),
+        metadata={"help": "synthesis log: SQLite path, sqlite:///path or 'none'"},
+    )
+    store_queue: int = field(default=10000, metadata={"help": "rows buffered for the store writer"})
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the first invalid field."""
+        """Raise :class:`~pipecat_vibevoice.settings_base.SettingsError` naming the first invalid field."""
         for name in (
             "max_connections",
             "max_queue",
@@ -115,27 +153,27 @@ class ServingSettings:
             "rate_limit_burst",
         ):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise SettingsError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("max_active_syntheses", "max_message_bytes", "max_message_chars"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise SettingsError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_utterance_chars < self.max_message_chars:
-            raise ValueError(
+            raise SettingsError(
                 f"max_utterance_chars ({self.max_utterance_chars}) must be >= "
                 f"max_message_chars ({self.max_message_chars})"
             )
         if self.rate_limit_per_s < 0 or self.admission_wait_s < 0:
-            raise ValueError("rate_limit_per_s and admission_wait_s must be >= 0")
+            raise SettingsError("rate_limit_per_s and admission_wait_s must be >= 0")
         if self.rate_limit_per_s > 0 and self.rate_limit_burst < 1:
-            raise ValueError("rate_limit_burst must be >= 1 when rate limiting is on")
+            raise SettingsError("rate_limit_burst must be >= 1 when rate limiting is on")
         if self.max_lead_s < 0:
-            raise ValueError(f"max_lead_s must be >= 0, got {self.max_lead_s}")
+            raise SettingsError(f"max_lead_s must be >= 0, got {self.max_lead_s}")
         if self.open_idle_s <= 0:
-            raise ValueError(f"open_idle_s must be > 0, got {self.open_idle_s}")
+            raise SettingsError(f"open_idle_s must be > 0, got {self.open_idle_s}")
         if self.send_timeout_s <= 0:
-            raise ValueError(f"send_timeout_s must be > 0, got {self.send_timeout_s}")
+            raise SettingsError(f"send_timeout_s must be > 0, got {self.send_timeout_s}")
         if self.store_queue < 1:
-            raise ValueError(f"store_queue must be >= 1, got {self.store_queue}")
+            raise SettingsError(f"store_queue must be >= 1, got {self.store_queue}")
 
     @property
     def origins(self) -> frozenset[str]:
@@ -150,73 +188,3 @@ class ServingSettings:
         if redact:
             data["token"] = "set" if self.token else ""
         return data
-
-    @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, **overrides: Any
-    ) -> ServingSettings:
-        """Defaults, then ``PIPECAT_VIBEVOICE_SERVING_*`` variables, then ``overrides``."""
-        environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = environ.get(ENV_PREFIX + f.name.upper())
-            if raw is not None:
-                values[f.name] = parse_env_value(ENV_PREFIX + f.name.upper(), f.type, raw)
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
-
-    @classmethod
-    def add_cli_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """One ``--tts-<field>`` flag per field (defaults come from the environment)."""
-        group = parser.add_argument_group(
-            "tts serving", f"WS /v1/tts/stream settings (also read from {ENV_PREFIX}<NAME>)"
-        )
-        for f in fields(cls):
-            group.add_argument(
-                "--tts-" + f.name.replace("_", "-"),
-                dest=f"serving_{f.name}",
-                default=None,
-                type=value_parser(f.type),
-                help=_HELP.get(f.name, "")
-                + f" (default {f.default if f.default is not MISSING else f.default_factory()!r})",
-            )
-
-    @classmethod
-    def from_args(
-        cls, args: argparse.Namespace, environ: Mapping[str, str] | None = None
-    ) -> ServingSettings:
-        """Environment first, then the flags that were given."""
-        overrides = {
-            f.name: getattr(args, f"serving_{f.name}", None)
-            for f in fields(cls)
-            if getattr(args, f"serving_{f.name}", None) is not None
-        }
-        return cls.from_env(environ, **overrides)
-
-
-_HELP = {
-    "max_connections": "open TTS sockets before 'busy' (0 = no limit)",
-    "max_active_syntheses": "utterances synthesising at once before 'busy'",
-    "admission_wait_s": "seconds an utterance may wait for a synthesis slot",
-    "edf": "earliest-deadline-first engine pool: 1 = on, 0 = engine's FIFO pool",
-    "engine_workers": "threads of the engine pool (0 = the engine's own width)",
-    "max_lead_s": "under contention, hold back streams this far ahead (0 = off)",
-    "prebuffer_ms": "audio gathered before the first chunk goes out",
-    "prebuffer_wait_ms": "longest the start-up buffer may delay the first chunk",
-    "max_queue": "queued utterances per connection",
-    "max_message_bytes": "largest client frame",
-    "max_message_chars": "longest text in one message",
-    "max_utterance_chars": "longest utterance (appends included)",
-    "rate_limit_per_s": "messages per second per connection (0 = off)",
-    "rate_limit_burst": "messages accepted back to back",
-    "open_idle_s": "flush an open utterance after this long without text",
-    "allowed_origins": "comma-separated browser origins allowed ('*' = any)",
-    "token": "bearer token required on the TTS socket (empty = none)",
-    "send_timeout_s": "disconnect a client that blocks one frame this long",
-    "cache_max_bytes": "response cache memory bound (0 = off)",
-    "cache_max_text_chars": "longest text that is cached",
-    "cache_dir": "persist cache entries in this directory",
-    "cache_disk_max_bytes": "bound of the cache directory",
-    "store_url": "synthesis log: SQLite path, sqlite:///path or 'none'",
-    "store_queue": "rows buffered for the store writer",
-}
