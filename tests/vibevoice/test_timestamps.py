@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
 
 import pytest
 
-from pipecat_vibevoice.engine.chunks import (
-    SpanTimeline,
-    align,
-    iter_stream_sentences,
-    map_span,
-)
+from pipecat_vibevoice.engine import GrowingText
+from pipecat_vibevoice.engine.chunks import SpanTimeline, align, map_span
+from pipecat_vibevoice.engine.sources import complete_sentences
 from pipecat_vibevoice.engine.text import TextTooLongError
 
 
@@ -38,24 +35,34 @@ def test_timeline_unions_spans_and_scales_positions() -> None:
     assert timeline.span(600, 700) == (10, 10)  # resampler tail past every mark
 
 
-async def pieces(*parts: str) -> AsyncIterator[str]:
-    for part in parts:
-        yield part
+async def sentences_of(*parts: str, max_chars: int | None = None) -> list[tuple[str, int]]:
+    """Sentences of a growing text fed piece by piece, each piece after the last was read."""
+    text = GrowingText()
+    got = []
+    sentences = complete_sentences(text, max_chars)
+    feed = iter(parts)
+
+    async def producer() -> None:
+        for part in feed:
+            text.append(part)
+            await asyncio.sleep(0)
+        text.close()
+
+    task = asyncio.create_task(producer())
+    try:
+        async for sentence in sentences:
+            got.append(sentence)
+    finally:
+        task.cancel()
+    assert text.text == "".join(parts)
+    return got
 
 
 async def test_stream_sentences_cut_only_at_complete_sentence_ends() -> None:
-    collected: list[str] = []
-    got = [
-        s
-        async for s in iter_stream_sentences(
-            pieces("It costs 3", ".5 euros. Fine", "! Last one without end"), collected
-        )
-    ]
+    got = await sentences_of("It costs 3", ".5 euros. Fine", "! Last one without end")
     assert got == [("It costs 3.5 euros.", 0), ("Fine!", 20), ("Last one without end", 26)]
-    assert "".join(collected) == "It costs 3.5 euros. Fine! Last one without end"
 
 
 async def test_stream_sentences_enforce_the_length_limit() -> None:
     with pytest.raises(TextTooLongError):
-        async for _ in iter_stream_sentences(pieces("a" * 30, "b" * 30), [], max_chars=50):
-            pass
+        await sentences_of("a" * 30, "b" * 30, max_chars=50)

@@ -3,12 +3,19 @@
 This package knows nothing of Pipecat; services adapt it to frames.
 """
 
-from .backends.base import BackendUnavailable, TextSource
 from .chunks import SpeechChunk
 from .config import ConfigError, TTSConfig
-from .engine import BatchResult, EngineNotReadyError, TTSEngine, UnknownVoiceError
+from .engine import BatchResult, TTSEngine
+from .errors import (
+    BackendUnavailable,
+    EmptyTextError,
+    EngineNotReadyError,
+    TextError,
+    TextTooLongError,
+    UnknownVoiceError,
+)
+from .growing_text import GrowingText
 from .singleton import get_tts_engine, shutdown_tts_engine
-from .text import EmptyTextError, TextError, TextTooLongError
 
 __all__ = [
     "BackendUnavailable",
@@ -16,11 +23,11 @@ __all__ = [
     "ConfigError",
     "EmptyTextError",
     "EngineNotReadyError",
+    "GrowingText",
     "SpeechChunk",
     "TTSConfig",
     "TTSEngine",
     "TextError",
-    "TextSource",
     "TextTooLongError",
     "UnknownVoiceError",
     "get_tts_engine",

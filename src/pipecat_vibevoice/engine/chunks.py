@@ -1,19 +1,21 @@
-"""Phrase timestamps and streamed-text helpers of the engine.
+"""What the engine hands out: fixed-size PCM chunks with their time and the text they speak.
 
-:class:`SpeechChunk` is what :meth:`TTSEngine.stream_chunks` yields: the PCM of one
-chunk with its place in time and the text it speaks. The text span comes from the
-backend (VibeVoice knows exactly which tokens fed each latent's window; Piper reports
-none, so the segment or sentence being spoken is used) and is carried through the
+:class:`SpeechChunk` is what :meth:`TTSEngine.stream_chunks` yields. The text span comes
+from the backend (VibeVoice knows exactly which tokens fed each latent's window; Piper
+reports none, so the segment or sentence being spoken is used) and is carried through the
 audio stages by :class:`SpanTimeline`, which maps output samples back to backend pieces.
+:class:`ChunkAssembler` runs one utterance's pieces through those stages.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import AsyncIterable, AsyncIterator
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from .text import TextTooLongError
+from .audio import AudioPipeline
+from .backends.base import AudioPiece, SpeechBackend
+from .config import TTSConfig
 
 
 @dataclass(frozen=True)
@@ -114,40 +116,76 @@ def map_span(
     return (start, max(start, stop))
 
 
-#: A sentence end (the engine's rule in ``text.py``): end mark + whitespace, or a blank line.
-_CUT = re.compile(r"(?<=[.!?;:。！？])\s+|\n{2,}")
+class ChunkAssembler:
+    """One utterance's backend pieces in, :class:`SpeechChunk` s out.
 
-
-async def iter_stream_sentences(
-    pieces: AsyncIterable[str], collected: list[str], max_chars: int | None = None
-) -> AsyncIterator[tuple[str, int]]:
-    """Whole sentences of a text stream, each as soon as it is complete.
-
-    A sentence is complete once the whitespace after its end mark has arrived (so
-    "3.5" is not cut). Yields ``(sentence, offset)`` with the offset in the
-    concatenated text; the rest is flushed when the stream ends. Every piece is also
-    appended to ``collected`` so the caller can report text spans. More than
-    ``max_chars`` characters in total raise :class:`TextTooLongError`.
+    Speed (unless the backend applies it natively), pitch, resampling to the output
+    rate and the cut into ``chunk_ms`` chunks, with each chunk's time and text. With
+    streaming off, the whole utterance comes out as one chunk at :meth:`finish`.
+    ``text()`` returns the request text so far (spans index it).
     """
-    buffer = ""
-    total = 0
-    base = 0  # offset of buffer[0] in the concatenated text
-    async for piece in pieces:
-        if not isinstance(piece, str):
-            raise TypeError(f"text stream pieces must be str, got {type(piece).__name__}")
-        total += len(piece)
-        if max_chars is not None and total > max_chars:
-            raise TextTooLongError(f"text stream exceeded the limit of {max_chars} characters")
-        collected.append(piece)
-        buffer += piece
-        last = 0
-        for match in _CUT.finditer(buffer):
-            sentence = buffer[last : match.start()]
-            if sentence.strip():
-                yield sentence, base + last
-            last = match.end()
-        if last:
-            buffer = buffer[last:]
-            base += last
-    if buffer.strip():
-        yield buffer, base
+
+    def __init__(
+        self,
+        config: TTSConfig,
+        backend: SpeechBackend,
+        speed: float,
+        pitch: float,
+        text: Callable[[], str],
+    ) -> None:
+        stretch = 1.0 if backend.native_speed else speed
+        self._pipeline = AudioPipeline(
+            in_rate=backend.sample_rate,
+            out_rate=config.sample_rate,
+            chunk_samples=config.chunk_samples if config.streaming else None,
+            speed=stretch,
+            pitch=pitch,
+        )
+        self._timeline = SpanTimeline(config.sample_rate / backend.sample_rate / stretch)
+        self._rate = config.sample_rate
+        self._streaming = config.streaming
+        self._text = text
+        self._emitted = 0  # output samples handed out so far
+        self._held: list[bytes] = []  # streaming off: the utterance until its end
+        #: ``time.perf_counter()`` when the first chunk was handed out.
+        self.first_chunk_at: float | None = None
+
+    @property
+    def samples_out(self) -> int:
+        """Output samples produced so far."""
+        return self._pipeline.samples_out
+
+    def add(self, piece: AudioPiece) -> list[SpeechChunk]:
+        """Process one backend piece; return the chunks now complete."""
+        self._timeline.add(piece.audio.size, piece.text_span)
+        return self._hand_out(self._pipeline.push(piece.audio))
+
+    def finish(self) -> list[SpeechChunk]:
+        """Drain the audio stages; return the last chunks (the last one may be short)."""
+        chunks = self._hand_out(self._pipeline.finish())
+        if self._held:
+            chunks.append(self._chunk(b"".join(self._held)))
+            self._held.clear()
+        return chunks
+
+    def _hand_out(self, pcms: list[bytes]) -> list[SpeechChunk]:
+        if not self._streaming:
+            self._held.extend(pcms)
+            return []
+        return [self._chunk(pcm) for pcm in pcms]
+
+    def _chunk(self, pcm: bytes) -> SpeechChunk:
+        if self.first_chunk_at is None:
+            self.first_chunk_at = time.perf_counter()
+        n = len(pcm) // 2
+        span = self._timeline.span(self._emitted, self._emitted + n)
+        text = self._text()
+        chunk = SpeechChunk(
+            pcm=pcm,
+            start_s=self._emitted / self._rate,
+            end_s=(self._emitted + n) / self._rate,
+            text_span=span,
+            text=text[span[0] : span[1]] if span else "",
+        )
+        self._emitted += n
+        return chunk

@@ -18,22 +18,26 @@ import re
 import unicodedata
 from collections.abc import Iterator
 
+from .errors import EmptyTextError, TextError, TextTooLongError
+
 MAX_SEGMENT_CHARS = 400
 
 _CONTROL = {"Cc", "Cf", "Cs", "Co", "Cn"}
-_SENTENCE_END = re.compile(r"(?<=[.!?;:。！？])\s+|\n{2,}")
+#: A sentence ends at an end mark followed by whitespace, or at a blank line. Streamed
+#: text is cut here only once the whitespace has arrived, so "3.5" is never cut.
+SENTENCE_END = re.compile(r"(?<=[.!?;:。！？])\s+|\n{2,}")
 
-
-class TextError(ValueError):
-    """Text the engine will not speak; the message says why."""
-
-
-class EmptyTextError(TextError):
-    """Nothing speakable was given."""
-
-
-class TextTooLongError(TextError):
-    """The text exceeds the configured limit."""
+__all__ = [
+    "MAX_SEGMENT_CHARS",
+    "SENTENCE_END",
+    "EmptyTextError",
+    "TextError",
+    "TextTooLongError",
+    "clean_piece",
+    "clean_text",
+    "iter_segments",
+    "validate_text",
+]
 
 
 def clean_text(text: str) -> str:
@@ -57,6 +61,18 @@ def clean_text(text: str) -> str:
     text = re.sub(r" *\n *", "\n", text)
     text = re.sub(r"\n{3,}", "\n\n", text)
     return text.strip()
+
+
+def clean_piece(piece: str) -> str:
+    """Clean one piece of streamed text: control characters become spaces, nothing else.
+
+    Unlike :func:`clean_text`, spaces are kept as they are: they join the words of
+    separate pieces (LLM tokens carry their leading space).
+    """
+    return "".join(
+        " " if (unicodedata.category(ch) in ("Cc", "Cf") and ch not in "\n\u200d") else ch
+        for ch in unicodedata.normalize("NFC", piece)
+    )
 
 
 def validate_text(text: str, max_chars: int) -> str:
@@ -93,7 +109,7 @@ def iter_segments(text: str, max_chars: int = MAX_SEGMENT_CHARS) -> Iterator[str
 
 def _iter_sentences(text: str) -> Iterator[str]:
     start = 0
-    for match in _SENTENCE_END.finditer(text):
+    for match in SENTENCE_END.finditer(text):
         sentence = text[start : match.start()].strip()
         if sentence:
             yield sentence

@@ -1,54 +1,12 @@
-"""Voice backends and the rule that picks one from the config."""
+"""Voice backends: the model side of the engine (blocking, one chunk per call).
 
-from __future__ import annotations
+* :mod:`.base` — what a backend provides (:class:`SpeechBackend`) and receives.
+* :mod:`.piper` — the bundled CPU voice on a split VITS graph.
+* :mod:`.vibevoice` — the adapter over :mod:`pipecat_vibevoice.models.vibevoice_realtime`.
 
-from collections.abc import Callable
-from pathlib import Path
+Which one runs is decided in :mod:`pipecat_vibevoice.engine.loading`.
+"""
 
-from ..config import TTSConfig
-from .base import AudioPiece, BackendUnavailable, SpeechBackend, SynthesisRequest, TextSource
+from .base import AudioPiece, SpeechBackend, SynthesisRequest
 
-BackendFactory = Callable[[TTSConfig], SpeechBackend]
-
-
-def make_piper(config: TTSConfig) -> SpeechBackend:
-    """The bundled CPU voice."""
-    from .piper import PiperBackend
-
-    cache = Path(config.cache_dir) / "piper" if config.cache_dir else None
-    return PiperBackend(
-        cache_dir=cache, num_threads=config.num_threads, release_memory=config.release_memory
-    )
-
-
-def make_vibevoice(config: TTSConfig) -> SpeechBackend:
-    """VibeVoice-Realtime; raises :class:`BackendUnavailable` when torch or the weights are missing."""
-    try:
-        from .vibevoice import VibeVoiceBackend
-    except ImportError as exc:
-        raise BackendUnavailable(
-            f"VibeVoice needs the 'vibevoice' extra (torch, transformers, diffusers): {exc}"
-        ) from exc
-    return VibeVoiceBackend(config)
-
-
-def resolve_engine(config: TTSConfig) -> list[tuple[str, BackendFactory]]:
-    """Backends to try, in order: ``auto`` tries VibeVoice, then the bundled voice."""
-    if config.engine == "piper":
-        return [("piper", make_piper)]
-    if config.engine == "vibevoice":
-        return [("vibevoice", make_vibevoice)]
-    return [("vibevoice", make_vibevoice), ("piper", make_piper)]
-
-
-__all__ = [
-    "AudioPiece",
-    "BackendFactory",
-    "BackendUnavailable",
-    "SpeechBackend",
-    "SynthesisRequest",
-    "TextSource",
-    "make_piper",
-    "make_vibevoice",
-    "resolve_engine",
-]
+__all__ = ["AudioPiece", "SpeechBackend", "SynthesisRequest"]

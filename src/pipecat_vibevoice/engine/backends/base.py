@@ -17,83 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import BackendUnavailable
+from ..growing_text import GrowingText
 
-class BackendUnavailable(RuntimeError):
-    """The backend cannot run here (missing weights, package or device); the message says which."""
-
-
-class TextSource:
-    """Text of one utterance that grows while it is being spoken (streaming text input).
-
-    The engine appends pieces (LLM tokens) from the event loop; a backend with
-    ``supports_text_stream`` reads the text so far from its worker thread. When the
-    backend needs more text than there is, it yields an ``AudioPiece`` with
-    ``waiting_for_text=True`` instead of blocking a worker; the engine then awaits
-    :meth:`wait_for_news` before pulling again.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._text = ""
-        self._closed = False
-        self._version = 0
-        self._read_version = -1
-        self._news: Any = None  # asyncio.Event, created on first wait (needs a loop)
-
-    def append(self, piece: str) -> None:
-        """Add text (call from the event loop thread)."""
-        if not piece:
-            return
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("TextSource is closed")
-            self._text += piece
-            self._version += 1
-        self._notify()
-
-    def close(self) -> None:
-        """No more text will come (call from the event loop thread)."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._version += 1
-        self._notify()
-
-    def read(self) -> tuple[str, bool]:
-        """``(text so far, closed)``; thread-safe, remembers what the reader has seen."""
-        with self._lock:
-            self._read_version = self._version
-            return self._text, self._closed
-
-    @property
-    def text(self) -> str:
-        """All text appended so far."""
-        with self._lock:
-            return self._text
-
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`close` was called."""
-        with self._lock:
-            return self._closed
-
-    async def wait_for_news(self) -> None:
-        """Return once there is text (or a close) that the reader has not seen yet."""
-        import asyncio
-
-        if self._news is None:
-            self._news = asyncio.Event()
-        while True:
-            with self._lock:
-                if self._version > self._read_version:
-                    return
-                self._news.clear()
-            await self._news.wait()
-
-    def _notify(self) -> None:
-        if self._news is not None:
-            self._news.set()
+__all__ = ["AudioPiece", "BackendUnavailable", "SpeechBackend", "SynthesisRequest"]
 
 
 @dataclass
@@ -103,7 +30,7 @@ class SynthesisRequest:
     ``stop`` is set by the engine when the consumer goes away; backends check it
     before every unit of work (a Piper decoder window, a VibeVoice latent).
     ``options`` carries backend-specific knobs (``cfg_scale``, ``inference_steps``).
-    ``text_source`` is set only for backends with ``supports_text_stream``: the text
+    ``growing_text`` is set only for backends with ``supports_text_stream``: the text
     then arrives there while the request runs and ``text`` is empty.
     """
 
@@ -112,7 +39,7 @@ class SynthesisRequest:
     speed: float = 1.0
     stop: threading.Event = field(default_factory=threading.Event)
     options: dict[str, Any] = field(default_factory=dict)
-    text_source: TextSource | None = None
+    growing_text: GrowingText | None = None
 
 
 @dataclass
@@ -138,7 +65,7 @@ class SpeechBackend(ABC):
     sample_rate: int = 24000
     #: True when ``speed`` is applied by the model itself (no DSP time-stretch needed).
     native_speed: bool = False
-    #: True when :meth:`stream` can consume ``request.text_source`` as text arrives;
+    #: True when :meth:`stream` can consume ``request.growing_text`` as text arrives;
     #: otherwise the engine feeds it whole sentences as they complete.
     supports_text_stream: bool = False
 
@@ -185,3 +112,9 @@ class SpeechBackend(ABC):
     def describe(self) -> dict[str, Any]:
         """Facts for the health check (model path, device, dtype...)."""
         return {"engine": self.name, "native_sample_rate": self.sample_rate}
+
+
+class TextSource(GrowingText):
+    """TEMPORARY alias of :class:`GrowingText` for tests being moved (read = snapshot)."""
+
+    read = GrowingText.snapshot

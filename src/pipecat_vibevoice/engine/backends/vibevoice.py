@@ -258,8 +258,8 @@ class VibeVoiceBackend(SpeechBackend):
         settings = self.settings_for(request.options)
         model = self.model
         preset = self._preset(request.voice)
-        if request.text_source is not None:
-            tokens = TextTokenStream(self.encode, request.text_source.read)
+        if request.growing_text is not None:
+            tokens = TextTokenStream(self.encode, request.growing_text.snapshot)
         else:
             tokens = TextTokenStream.whole(self.encode, request.text)
         noise = TorchNoise(request.options.get("seed"), device=model.device)
