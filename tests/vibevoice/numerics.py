@@ -51,7 +51,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import math
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -315,12 +317,28 @@ def rounding_bound(
     return references, bounds
 
 
+#: When set, every check appends one JSON line here (bench/vibevoice_numerics.py reads it).
+LOG_VARIABLE = "PIPECAT_VIBEVOICE_NUMERICS_LOG"
+
+
 def assert_within(actual: Any, reference: np.ndarray, bound: np.ndarray, what: str) -> float:
     """Every element of ``actual`` within ``bound`` of ``reference``; returns the worst ratio."""
     got = _as_array(actual)
     assert got.shape == reference.shape, f"{what}: shape {got.shape} != {reference.shape}"
-    ratio = np.abs(got - reference) / bound
+    deviation = np.abs(got - reference)
+    ratio = deviation / bound
     worst = float(ratio.max()) if ratio.size else 0.0
+    log = os.environ.get(LOG_VARIABLE)
+    if log:
+        with open(log, "a", encoding="utf-8") as out:
+            record = {
+                "check": what,
+                "max_deviation": float(deviation.max()) if deviation.size else 0.0,
+                "max_bound": float(bound.max()) if bound.size else 0.0,
+                "worst_ratio": worst,
+                "magnitude": float(np.abs(reference).max()) if reference.size else 0.0,
+            }
+            out.write(json.dumps(record) + "\n")
     if worst > 1.0:
         index = np.unravel_index(int(ratio.argmax()), ratio.shape)
         raise AssertionError(
