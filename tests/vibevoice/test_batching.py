@@ -16,13 +16,14 @@ from pipecat_vibevoice.models.vibevoice_realtime.batching import (
     sample_latents,
 )
 from pipecat_vibevoice.models.vibevoice_realtime.generation import (
+    FixedTokens,
     GenerationSettings,
     TorchNoise,
-    _Utterance,
     make_scheduler,
     sample_latent,
 )
 from pipecat_vibevoice.models.vibevoice_realtime.presets import PresetBranch, VoicePreset
+from pipecat_vibevoice.models.vibevoice_realtime.utterance import Utterance
 
 from .numerics import assert_agree
 
@@ -41,10 +42,10 @@ def short_voice(preset: VoicePreset, keep: int = 8) -> VoicePreset:
     return VoicePreset("short", preset.lm, cut, preset.neg_lm, preset.neg_tts_lm)
 
 
-def make_states(model, presets, windows=WINDOWS) -> list[_Utterance]:
+def make_states(model, presets, windows=WINDOWS) -> list[Utterance]:
     states = []
     for preset, texts in zip(presets, windows, strict=True):
-        state = _Utterance(model, preset, GenerationSettings())
+        state = Utterance(model, preset, FixedTokens([]), GenerationSettings())
         for ids in texts:
             state.read_text(ids)
         states.append(state)

@@ -11,6 +11,7 @@ import torch
 
 from pipecat_vibevoice.models.vibevoice_realtime.checkpoint import (
     CheckpointNotFoundError,
+    from_pretrained,
     load_model,
     official_to_local,
     resolve_model_dir,
@@ -82,7 +83,7 @@ def test_fixture_loads_every_tensor_bit_exactly(tiny_model, fixture_dir: Path) -
 
 
 def test_from_pretrained_on_a_directory(fixture_dir: Path) -> None:
-    model = VibeVoiceRealtimeModel.from_pretrained(str(fixture_dir))
+    model = from_pretrained(str(fixture_dir))
     assert model.config.num_lower_layers == 1 and model.dtype == torch.float32
     assert float(model.speech_scaling_factor) == pytest.approx(1.7)
 

@@ -4,19 +4,23 @@
 streams make N small model calls per latent. The :class:`VibeVoiceBatcher` owns the
 model in one worker thread and runs *ticks*; per tick:
 
-1. utterances at the start of a speech window read their next text window (per
-   utterance: text windows are rare and of different lengths);
-2. one batched ``speak`` for every ready utterance: the diffusion head runs on all their
-   conditions at once (grouped by ``inference_steps``/``algorithm``), then each latent is
-   decoded with its utterance's own streaming decoder cache;
+1. each utterance asks its :meth:`~.utterance.Utterance.next_step` and, at the start of
+   a speech window, reads its next text window (per utterance: text windows are rare
+   and of different lengths);
+2. one batched ``speak`` for every utterance whose next step is ``SPEAK``: the diffusion
+   head runs on all their conditions at once (grouped by ``inference_steps``/
+   ``algorithm``), then each latent is decoded with its utterance's own streaming
+   decoder cache;
 3. each latent goes to its utterance's queue;
-4. one batched ``listen``: connector plus one ragged upper-LM step for all positive and
-   negative caches (:mod:`.batching`).
+4. one batched ``listen`` for those whose next step is then ``LISTEN`` (not stopped
+   meanwhile): connector plus one ragged upper-LM step for all positive and negative
+   caches (:mod:`.batching`).
 
-Utterances join and leave between ticks. Every utterance behaves exactly as
-:func:`.generation.generate` alone with the same noise source (same latents, same EOS /
-cap / stop step, the same :data:`~.generation.WAITING` items for streamed text): the
-per-utterance state machine below is that loop, cut at its ``yield`` points.
+Utterances join and leave between ticks. The loop rules (EOS, cap, trailing rule,
+position limit, stop, text windows) are the utterance's own, the very
+:class:`~.utterance.Utterance` that ``generate`` drives; only its model calls are
+batched here. So every utterance behaves exactly as ``generate`` alone with the same
+noise source (same latents, same stop step, the same :data:`~.utterance.WAITING` items).
 
 Pacing is pull-driven like the generator: an utterance takes part in a tick only once
 its consumer has taken the previous item, so at most one latent is computed ahead of
@@ -38,21 +42,11 @@ import torch
 from loguru import logger
 
 from .batching import decode_each, listen_batch, sample_latents
-from .generation import (
-    SPEECH_WINDOW,
-    TEXT_WINDOW,
-    TRAILING_BASE,
-    TRAILING_PER_TOKEN,
-    WAITING,
-    GenerationSettings,
-    NoiseSource,
-    SpeechLatent,
-    TokenSource,
-    TorchNoise,
-    _Utterance,
-    _Waiting,
-    make_scheduler,
-)
+from .noise import NoiseSource, TorchNoise
+from .sampling import make_scheduler
+from .settings import GenerationSettings
+from .token_sources import TokenSource
+from .utterance import WAITING, NextStep, StreamItem, Utterance
 
 _END = object()
 
@@ -69,36 +63,45 @@ class _Failure:
 
 
 @dataclass(eq=False)
-class _Job:
-    """One utterance inside the batcher: its inputs, model state and loop position."""
+class _Submission:
+    """One submitted utterance inside the batcher: its inputs, delivery queue and pacing.
+
+    Its :class:`Utterance` (the caches) is made by :meth:`open` on the worker thread when
+    it first takes part in a tick, so queued utterances hold no caches and every model
+    step runs on the thread that owns the model.
+    """
 
     number: int
     preset: Any
     tokens: TokenSource
-    settings: GenerationSettings
+    settings: GenerationSettings | None
     noise: NoiseSource
     stop: threading.Event | None
     items: queue.Queue = field(default_factory=queue.Queue)
-    state: _Utterance | None = None
+    utterance: Utterance | None = None
     undelivered: int = 0  # items in ``items`` the consumer has not taken yet
     parked: bool = False  # waiting for streamed text until the consumer asks again
     cancelled: bool = False
     done: bool = False
-    in_speech: bool = False  # False: the next thing to do is reading a text window
-    step: int = 0  # speech step within the window
-    consumed: int = 0
-    index: int = 0
-    window: int = 0
-    span: tuple[int, int] = (0, 0)
-    finished: bool = False  # EOS seen
-    text_done: bool = False
 
     def stopped(self) -> bool:
         """Stop asked for (event) or the consumer went away (cancel)."""
         return self.cancelled or (self.stop is not None and self.stop.is_set())
 
+    def open(self, model: Any) -> Utterance:
+        """The utterance, made on first use; it sees a cancel as a stop request."""
+        if self.utterance is None:
+            self.utterance = Utterance(
+                model, self.preset, self.tokens, self.settings, self.noise, self.stopped
+            )
+        return self.utterance
 
-class BatchedUtterance(Iterator[SpeechLatent | _Waiting]):
+
+#: A submission in a tick, with its (opened) utterance.
+_Speaker = tuple[_Submission, Utterance]
+
+
+class BatchedStream(Iterator[StreamItem]):
     """The consumer side of a submitted utterance: iterate it like ``generate()``.
 
     ``next()`` blocks until the utterance's next item; step errors are re-raised here.
@@ -107,20 +110,20 @@ class BatchedUtterance(Iterator[SpeechLatent | _Waiting]):
     from the batch before its next latent.
     """
 
-    def __init__(self, batcher: VibeVoiceBatcher, job: _Job) -> None:
+    def __init__(self, batcher: VibeVoiceBatcher, submission: _Submission) -> None:
         self._batcher = batcher
-        self._job = job
+        self._submission = submission
         self._resume = False
         self._ended = False
 
-    def __next__(self) -> SpeechLatent | _Waiting:
+    def __next__(self) -> StreamItem:
         if self._ended:
             raise StopIteration
         if self._resume:
             self._resume = False
-            self._batcher._resume(self._job)
-        item = self._job.items.get()
-        self._batcher._taken(self._job)
+            self._batcher._resume(self._submission)
+        item = self._submission.items.get()
+        self._batcher._taken(self._submission)
         if item is _END:
             self._ended = True
             raise StopIteration
@@ -134,7 +137,7 @@ class BatchedUtterance(Iterator[SpeechLatent | _Waiting]):
     def close(self) -> None:
         """Leave the batch (idempotent); no further latent is started for it."""
         self._ended = True
-        self._batcher._cancel(self._job)
+        self._batcher._cancel(self._submission)
 
 
 class VibeVoiceBatcher:
@@ -151,8 +154,8 @@ class VibeVoiceBatcher:
         self.model = model
         self.max_batch = max_batch
         self._cv = threading.Condition()
-        self._pending: deque[_Job] = deque()
-        self._active: list[_Job] = []
+        self._pending: deque[_Submission] = deque()
+        self._active: list[_Submission] = []
         self._closed = False
         self._numbers = itertools.count()
         self._schedulers: dict[tuple[int, str], Any] = {}
@@ -171,22 +174,22 @@ class VibeVoiceBatcher:
         settings: GenerationSettings | None = None,
         noise: NoiseSource | None = None,
         stop: threading.Event | None = None,
-    ) -> BatchedUtterance:
+    ) -> BatchedStream:
         """Queue an utterance (``preset`` on the model's device and dtype); returns its items."""
-        job = _Job(
+        submission = _Submission(
             number=next(self._numbers),
             preset=preset,
             tokens=tokens,
-            settings=settings or GenerationSettings(),
+            settings=settings,
             noise=noise or TorchNoise(device=self.model.device),
             stop=stop,
         )
         with self._cv:
             if self._closed:
                 raise BatcherClosed("VibeVoice batcher is closed")
-            self._pending.append(job)
+            self._pending.append(submission)
             self._cv.notify_all()
-        return BatchedUtterance(self, job)
+        return BatchedStream(self, submission)
 
     @property
     def active(self) -> int:
@@ -227,27 +230,27 @@ class VibeVoiceBatcher:
             left = [*self._active, *self._pending]
             self._active.clear()
             self._pending.clear()
-        for job in left:
-            self._deliver_failure(job, BatcherClosed("VibeVoice batcher closed"))
+        for submission in left:
+            self._deliver_failure(submission, BatcherClosed("VibeVoice batcher closed"))
 
     # -- consumer callbacks -------------------------------------------------------------
 
-    def _taken(self, job: _Job) -> None:
+    def _taken(self, sub: _Submission) -> None:
         with self._cv:
-            job.undelivered = max(0, job.undelivered - 1)
+            sub.undelivered = max(0, sub.undelivered - 1)
             self._cv.notify_all()
 
-    def _resume(self, job: _Job) -> None:
+    def _resume(self, sub: _Submission) -> None:
         with self._cv:
-            job.parked = False
+            sub.parked = False
             self._cv.notify_all()
 
-    def _cancel(self, job: _Job) -> None:
+    def _cancel(self, sub: _Submission) -> None:
         with self._cv:
-            job.cancelled = True
-            if job in self._pending:
-                self._pending.remove(job)
-                job.done = True
+            sub.cancelled = True
+            if sub in self._pending:
+                self._pending.remove(sub)
+                sub.done = True
             self._cv.notify_all()
 
     # -- worker ---------------------------------------------------------------------------
@@ -256,18 +259,18 @@ class VibeVoiceBatcher:
         # Grad mode is thread-local: this thread does every model step of the batch.
         with torch.inference_mode():
             while True:
-                jobs = self._wait_for_work()
-                if jobs is None:
+                subs = self._wait_for_work()
+                if subs is None:
                     return
                 try:
-                    self._tick(jobs)
+                    self._tick(subs)
                 except Exception as exc:  # never lose the thread; tell who was in the tick
                     logger.exception(f"VibeVoice batch tick failed: {exc!r}")
-                    for job in jobs:
-                        if not job.done:
-                            self._fail(job, exc)
+                    for sub in subs:
+                        if not sub.done:
+                            self._fail(sub, exc)
 
-    def _wait_for_work(self) -> list[_Job] | None:
+    def _wait_for_work(self) -> list[_Submission] | None:
         """Admit queued utterances, then return those that can act now (None: closed)."""
         with self._cv:
             while True:
@@ -275,25 +278,35 @@ class VibeVoiceBatcher:
                     return None
                 while self._pending and len(self._active) < self.max_batch:
                     self._active.append(self._pending.popleft())
-                ready = [j for j in self._active if self._can_act(j)]
+                ready = [s for s in self._active if self._can_act(s)]
                 if ready:
                     return ready
                 self._cv.wait()
 
     @staticmethod
-    def _can_act(job: _Job) -> bool:
-        if job.cancelled:
+    def _can_act(sub: _Submission) -> bool:
+        if sub.cancelled:
             return True  # to be dropped
-        return not job.parked and job.undelivered == 0
+        return not sub.parked and sub.undelivered == 0
 
-    def _tick(self, jobs: list[_Job]) -> None:
+    def _tick(self, subs: list[_Submission]) -> None:
         speakers = []
-        for job in jobs:
+        for sub in subs:
             try:
-                if self._prepare(job):
-                    speakers.append(job)
+                utterance = sub.open(self.model)
+                step = self._step_to_speech(utterance)
             except Exception as exc:
-                self._fail(job, exc)
+                self._fail(sub, exc)
+                continue
+            if step is NextStep.SPEAK:
+                speakers.append((sub, utterance))
+            elif step is NextStep.WAIT_FOR_TEXT:
+                sub.parked = True
+                self._push(sub, WAITING)
+            elif step is NextStep.END:
+                self._finish(sub)
+            else:
+                self._fail(sub, RuntimeError(f"VibeVoice utterance at {step} between ticks"))
         self.ticks += 1
         self.last_batch_size = len(speakers)
         self.peak_batch_size = max(self.peak_batch_size, len(speakers))
@@ -302,78 +315,14 @@ class VibeVoiceBatcher:
             if spoken:
                 self._listen(spoken)
 
-    # -- one utterance's loop, cut at its yield points --------------------------------------
-
-    def _prepare(self, job: _Job) -> bool:
-        """Everything ``generate`` does before sampling the next latent; True if it speaks."""
-        if job.stopped():
-            self._finish(job)
-            return False
-        if job.state is None:
-            job.state = _Utterance(self.model, job.preset, job.settings)
-        if not job.in_speech and not self._read_window(job):
-            return False
-        return self._may_speak(job)
-
-    def _read_window(self, job: _Job) -> bool:
-        """Take and run the next text window; False when parked (WAITING) or done."""
-        ids = job.tokens.take(TEXT_WINDOW)
-        if ids is None:
-            job.parked = True
-            self._push(job, WAITING)
-            return False
-        job.span = (job.consumed, job.consumed + len(ids))
-        if ids:
-            limit = self.model.config.max_positions
-            if job.state.positions + len(ids) > limit:
-                logger.warning(f"VibeVoice: position limit {limit} reached")
-                self._finish(job)
-                return False
-            job.state.read_text(ids)
-            job.consumed += len(ids)
-        elif job.consumed == 0:
-            self._finish(job)  # nothing to say (empty text)
-            return False
-        else:
-            job.text_done = True
-        if len(ids) < TEXT_WINDOW:
-            job.text_done = True
-        job.in_speech = True
-        job.step = 0
-        return True
-
-    def _may_speak(self, job: _Job) -> bool:
-        """The latent cap, trailing rule and position limit of ``generate``."""
-        cap = job.settings.max_latents
-        if cap is None and job.text_done:
-            cap = TRAILING_BASE + TRAILING_PER_TOKEN * job.consumed
-        if cap is not None and job.index >= cap:
-            if job.settings.max_latents is None:
-                logger.warning(f"VibeVoice: no EOS after {job.index} latents, stopping")
-            self._finish(job)
-            return False
-        limit = self.model.config.max_positions
-        if job.state.positions + 1 > limit:
-            logger.warning(f"VibeVoice: position limit {limit} reached")
-            self._finish(job)
-            return False
-        return True
-
-    def _after_listen(self, job: _Job, item: SpeechLatent, eos_logit: float) -> None:
-        """EOS and window bookkeeping after the LM step that follows a latent."""
-        item.eos_logit = eos_logit
-        if eos_logit > 0 and not job.finished:  # sigmoid(logit) > 0.5
-            job.finished = True
-            if not job.settings.complete_window_after_eos:
-                self._finish(job)
-                return
-        job.step += 1
-        if job.step == SPEECH_WINDOW:
-            if job.finished:
-                self._finish(job)
-                return
-            job.window += 1
-            job.in_speech = False
+    @staticmethod
+    def _step_to_speech(utterance: Utterance) -> NextStep:
+        """Run one utterance up to its next latent: read a text window if one is due."""
+        step = utterance.next_step()
+        while step is NextStep.READ_WINDOW:
+            utterance.read_window()
+            step = utterance.next_step()
+        return step
 
     # -- batched steps --------------------------------------------------------------------
 
@@ -384,103 +333,97 @@ class VibeVoiceBatcher:
             scheduler = self._schedulers[key] = make_scheduler(self.model, settings)
         return scheduler
 
-    def _speak(self, jobs: list[_Job]) -> list[tuple[_Job, SpeechLatent]]:
-        """Sample (per solver group) and decode one latent for each job; push them."""
-        groups: dict[tuple[int, str], list[_Job]] = {}
-        for job in jobs:
-            key = (job.settings.inference_steps, job.settings.algorithm)
-            groups.setdefault(key, []).append(job)
+    def _speak(self, speakers: list[_Speaker]) -> list[_Speaker]:
+        """Sample (per solver group) and decode one latent for each utterance; push them."""
+        groups: dict[tuple[int, str], list[_Speaker]] = {}
+        for sub, utterance in speakers:
+            key = (utterance.settings.inference_steps, utterance.settings.algorithm)
+            groups.setdefault(key, []).append((sub, utterance))
         spoken = []
         for (steps, algorithm), group in groups.items():
+            utterances = [u for _, u in group]
             try:
-                states = [j.state for j in group]
-                positive = torch.cat([s.positive for s in states], dim=0)
-                negative = torch.cat([s.negative for s in states], dim=0)
+                positive = torch.cat([u.positive for u in utterances], dim=0)
+                negative = torch.cat([u.negative for u in utterances], dim=0)
                 latents = sample_latents(
                     self.model,
-                    self._scheduler(group[0].settings),
+                    self._scheduler(utterances[0].settings),
                     positive,
                     negative,
-                    [j.settings.cfg_scale for j in group],
+                    [u.settings.cfg_scale for u in utterances],
                     steps,
                     algorithm,
-                    [j.noise for j in group],
+                    [u.noise for u in utterances],
                 )
-                audio = decode_each(self.model, latents, [s.decoder_cache for s in states])
+                audio = decode_each(self.model, latents, [u.decoder_cache for u in utterances])
             except Exception as exc:
                 logger.exception(f"VibeVoice batched speak failed for {len(group)} utterances")
-                for job in group:
-                    self._fail(job, exc)
+                for sub, _ in group:
+                    self._fail(sub, exc)
                 continue
-            for row, job in enumerate(group):
-                item = SpeechLatent(
-                    index=job.index,
-                    window=job.window,
-                    latent=latents[row : row + 1],
-                    audio=audio[row],
-                    tokens=job.span,
-                    kept=not job.finished,
-                    condition=torch.stack([positive[row], negative[row]]),
-                )
-                self._push(job, item)
-                job.index += 1
-                spoken.append((job, item))
+            for row, (sub, utterance) in enumerate(group):
+                condition = torch.stack([positive[row], negative[row]])
+                item = utterance.spoken(latents[row : row + 1], audio[row], condition)
+                self._push(sub, item)
+                spoken.append((sub, utterance))
         return spoken
 
-    def _listen(self, spoken: list[tuple[_Job, SpeechLatent]]) -> None:
-        """One batched LM step for every job that spoke and was not stopped meanwhile."""
+    def _listen(self, spoken: list[_Speaker]) -> None:
+        """One batched LM step for every utterance whose next step is still ``LISTEN``."""
         listeners = []
-        for job, item in spoken:
-            if job.stopped():
-                self._finish(job)
-            else:
-                listeners.append((job, item))
+        for sub, utterance in spoken:
+            if utterance.next_step() is NextStep.LISTEN:
+                listeners.append((sub, utterance))
+            else:  # stopped since its latent was started
+                self._finish(sub)
         if not listeners:
             return
-        states = [job.state for job, _ in listeners]
+        utterances = [u for _, u in listeners]
         try:
-            latents = torch.cat([item.latent for _, item in listeners], dim=0)
+            latents = torch.cat([u.latent_to_listen for u in utterances], dim=0)
             positive, negative, eos = listen_batch(
                 self.model,
                 latents,
-                [s.tts_cache for s in states],
-                [s.neg_cache for s in states],
+                [u.tts_cache for u in utterances],
+                [u.neg_cache for u in utterances],
             )
         except Exception as exc:
             logger.exception(f"VibeVoice batched listen failed for {len(listeners)} utterances")
-            for job, _ in listeners:
-                self._fail(job, exc)
+            for sub, _ in listeners:
+                self._fail(sub, exc)
             return
-        for row, (job, item) in enumerate(listeners):
-            job.state.positive = positive[row : row + 1]
-            job.state.negative = negative[row : row + 1]
-            self._after_listen(job, item, float(eos[row]))
+        for row, (sub, utterance) in enumerate(listeners):
+            utterance.positive = positive[row : row + 1]
+            utterance.negative = negative[row : row + 1]
+            utterance.heard(float(eos[row]))
+            if utterance.ended:
+                self._finish(sub)
 
     # -- delivery -------------------------------------------------------------------------
 
-    def _push(self, job: _Job, item: Any) -> None:
+    def _push(self, sub: _Submission, item: Any) -> None:
         with self._cv:
-            job.undelivered += 1
-        job.items.put(item)
+            sub.undelivered += 1
+        sub.items.put(item)
 
-    def _finish(self, job: _Job) -> None:
+    def _finish(self, sub: _Submission) -> None:
         """The utterance ended (EOS, cap, stop, empty text): free its place."""
-        self._leave(job)
-        job.items.put(_END)
+        self._leave(sub)
+        sub.items.put(_END)
 
-    def _fail(self, job: _Job, error: BaseException) -> None:
-        self._leave(job)
-        job.items.put(_Failure(error))
+    def _fail(self, sub: _Submission, error: BaseException) -> None:
+        self._leave(sub)
+        sub.items.put(_Failure(error))
 
-    def _deliver_failure(self, job: _Job, error: BaseException) -> None:
-        if not job.done:
-            job.done = True
-            job.items.put(_Failure(error))
+    def _deliver_failure(self, sub: _Submission, error: BaseException) -> None:
+        if not sub.done:
+            sub.done = True
+            sub.items.put(_Failure(error))
 
-    def _leave(self, job: _Job) -> None:
+    def _leave(self, sub: _Submission) -> None:
         with self._cv:
-            job.done = True
-            job.state = None  # drop the caches now, not when the consumer lets go
-            if job in self._active:
-                self._active.remove(job)
+            sub.done = True
+            sub.utterance = None  # drop the caches now, not when the consumer lets go
+            if sub in self._active:
+                self._active.remove(sub)
             self._cv.notify_all()

@@ -7,10 +7,11 @@ would need padding and masks; instead :func:`ragged_lm_step` runs the weight-bou
 time at small batch, and only the attention per sequence, against its own cache. One
 query token attends to every key of its cache, so no mask is needed.
 
-The results equal the per-utterance steps of :mod:`.generation` up to float rounding of
-the batched matrix products (the tests prove it): :func:`sample_latents` equals
-:func:`.generation.sample_latent` row by row, :func:`listen_batch` equals
-``_Utterance.listen`` per utterance.
+The results equal the per-utterance model steps of :class:`.utterance.Utterance` up to
+float rounding of the batched matrix products (the tests prove it): :func:`sample_latents`
+equals :func:`.sampling.sample_latent` row by row, :func:`decode_each` equals
+``Utterance.speak``'s decode, :func:`listen_batch` equals ``Utterance.listen`` per
+utterance. The loop rules stay with each ``Utterance``; only the model calls are batched.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .generation import NoiseSource, solver_dtype
 from .modeling_vibevoice_realtime import SPEECH_TYPE
+from .noise import NoiseSource
+from .sampling import solver_dtype
 
 
 def cache_lengths(caches: Sequence[Any]) -> list[int]:
@@ -96,7 +98,7 @@ def sample_latents(
     algorithm: str,
     noises: Sequence[NoiseSource],
 ) -> torch.Tensor:
-    """N latents [N, vae] (float32): :func:`.generation.sample_latent` for N rows at once.
+    """N latents [N, vae] (float32): :func:`.sampling.sample_latent` for N rows at once.
 
     ``positive``/``negative`` are [N, H] conditions; the head runs once per step on
     [2N] rows (the positive half, then the negative half) and each row gets its own cfg
@@ -155,7 +157,7 @@ def listen_batch(
 
     Connector on [N, 1, vae], then one ragged step over the 2N caches (positive ones
     first). Returns (positive [N, H], negative [N, H], EOS logits [N] float32) — per row
-    what ``_Utterance.listen`` computes.
+    what ``Utterance.listen`` computes.
     """
     rows = latents.shape[0]
     embeds = model.connect(latents[:, None, :].to(model.dtype))

@@ -4,6 +4,11 @@ The official ``model.safetensors`` uses the names of Microsoft's modules. We kee
 files untouched and translate names while loading; :func:`official_to_local` is the
 single mapping, and a test checks that it sends every parameter of the real 0.5B model
 (names and shapes) onto exactly our model's state dict.
+
+This module sits above :mod:`.modeling_vibevoice_realtime` (it builds the model; the
+model knows nothing of loading). It imports torch, safetensors and the model only inside
+:func:`load_model`: torch is an optional extra, and the engine imports this module at
+start-up for :func:`resolve_model_dir` and :class:`CheckpointNotFoundError`.
 """
 
 from __future__ import annotations
@@ -11,8 +16,16 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from loguru import logger
+
+from .configuration_vibevoice_realtime import VibeVoiceRealtimeConfig
+
+if TYPE_CHECKING:
+    import torch
+
+    from .modeling_vibevoice_realtime import VibeVoiceRealtimeModel
 
 
 class CheckpointNotFoundError(FileNotFoundError):
@@ -162,7 +175,24 @@ def weight_files(model_dir: Path) -> list[Path]:
 # -- loading ------------------------------------------------------------------------------
 
 
-def load_model(model_dir: str | Path, device: str = "cpu", dtype=None):
+def from_pretrained(
+    path_or_hub_id: str,
+    device: str = "cpu",
+    dtype: torch.dtype | None = None,
+    allow_download: bool = False,
+    cache_dir: str | None = None,
+) -> VibeVoiceRealtimeModel:
+    """Load an official checkpoint from a directory or a hub id.
+
+    A hub id resolves from the local Hugging Face cache unless ``allow_download``;
+    see :func:`resolve_model_dir` and :func:`load_model`.
+    """
+    return load_model(resolve_model_dir(path_or_hub_id, allow_download, cache_dir), device, dtype)
+
+
+def load_model(
+    model_dir: str | Path, device: str = "cpu", dtype: torch.dtype | None = None
+) -> VibeVoiceRealtimeModel:
     """Build :class:`VibeVoiceRealtimeModel` from an official checkpoint directory.
 
     The model is built on the ``meta`` device (no wasted random init of ~1B parameters)
@@ -173,7 +203,6 @@ def load_model(model_dir: str | Path, device: str = "cpu", dtype=None):
     import torch
     from safetensors import safe_open
 
-    from .configuration_vibevoice_realtime import VibeVoiceRealtimeConfig
     from .modeling_vibevoice_realtime import VibeVoiceRealtimeModel
 
     model_dir = Path(model_dir)

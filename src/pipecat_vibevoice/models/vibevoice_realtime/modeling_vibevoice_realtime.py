@@ -5,8 +5,12 @@ Reused from transformers 5.x: ``Qwen2Model`` (both LM halves),
 cache), ``VibeVoiceDiffusionHead`` and ``VibeVoiceMultiModalProjector`` (the connector).
 Ours: the split of one Qwen2 stack into a text-only lower LM without final norm and an
 upper TTS LM, the learned input-type embedding, the EOS classifier and the wiring of
-each step. Parameter names differ from the official checkpoint; :mod:`.checkpoint`
-maps them, so this module stays free of loading concerns.
+each step.
+
+Only the modules live here: parameter names differ from the official checkpoint, and
+:mod:`.checkpoint` maps and loads them (``checkpoint.load_model`` / ``from_pretrained``).
+This module imports nothing of the package but the configuration, so checkpoint loading
+sits above it and nothing imports back.
 """
 
 from __future__ import annotations
@@ -65,25 +69,6 @@ class VibeVoiceRealtimeModel(nn.Module):
         self.tts_eos_classifier = VibeVoiceRealtimeEOSHead(hidden)
         self.register_buffer("speech_scaling_factor", torch.tensor(1.0))
         self.register_buffer("speech_bias_factor", torch.tensor(0.0))
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        path_or_hub_id: str,
-        device: str = "cpu",
-        dtype: torch.dtype | None = None,
-        allow_download: bool = False,
-        cache_dir: str | None = None,
-    ) -> VibeVoiceRealtimeModel:
-        """Load an official checkpoint from a directory or a hub id.
-
-        A hub id resolves from the local Hugging Face cache unless ``allow_download``;
-        see :func:`.checkpoint.resolve_model_dir` and :func:`.checkpoint.load_model`.
-        """
-        from .checkpoint import load_model, resolve_model_dir
-
-        model_dir = resolve_model_dir(path_or_hub_id, allow_download, cache_dir)
-        return load_model(model_dir, device, dtype)
 
     # -- properties ------------------------------------------------------------------------
 
