@@ -24,13 +24,13 @@ from pipecat.frames.frames import (
 from pipecat.tests.utils import SleepFrame, run_test
 
 from pipecat_vibevoice.pipeline.frames import ProbableSpeechEndFrame
-from pipecat_vibevoice.pipeline.models import (
+from pipecat_vibevoice.pipeline.stt import StreamingWhisperSTT
+from pipecat_vibevoice.pipeline.transcriber import (
     MAX_PENDING_INTERIM,
     Transcriber,
     Transcript,
     last_word_probability,
 )
-from pipecat_vibevoice.pipeline.stt import StreamingWhisperSTT
 
 RATE = 16000
 STOP_SECS = 0.2

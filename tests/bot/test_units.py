@@ -23,8 +23,8 @@ from pipecat_vibevoice.pipeline.frames import (
     ProbableSpeechEndFrame,
     SpeechOnsetFrame,
 )
-from pipecat_vibevoice.pipeline.models import looks_looped
 from pipecat_vibevoice.pipeline.responder import last_user_text
+from pipecat_vibevoice.pipeline.transcriber import looks_looped
 from pipecat_vibevoice.pipeline.turns import text_sounds_finished
 
 
@@ -203,7 +203,7 @@ async def test_recognizer_threads_can_run_at_a_lower_priority():
     import os
     import threading
 
-    from pipecat_vibevoice.pipeline.models import run_in_lowered_thread
+    from pipecat_vibevoice.pipeline.thread_priority import run_in_lowered_thread
 
     def nice_of_this_thread() -> int:
         return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())

@@ -35,7 +35,7 @@ from reliability.harness import (
 
 from pipecat_vibevoice.clients.voice_client import VoiceClient
 from pipecat_vibevoice.pipeline import Transcriber
-from pipecat_vibevoice.pipeline.models import Transcript
+from pipecat_vibevoice.pipeline.transcriber import Transcript
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 

@@ -5,8 +5,9 @@ Everything runs offline by default; see ``docs/bot.md``.
 
 from .builder import VoiceBot, build_voice_pipeline, default_tts_factory, make_llm
 from .config import BotConfig, BotConfigError
-from .models import SharedModels, Transcriber, bundled_whisper_path, load_shared_models
+from .models import SharedModels, bundled_whisper_path, load_shared_models
 from .responder import OfflineResponder, reply_to
+from .transcriber import Transcriber
 
 __all__ = [
     "BotConfig",

@@ -40,7 +40,9 @@ from .vad import SharedSileroVADAnalyzer, SpeechGate
 #: Builds the TTS processor from the shared models and the bot config.
 TTSFactory = Callable[[SharedModels, BotConfig], FrameProcessor]
 
+#: The microphone audio the bot accepts (Whisper's and Silero's rate).
 AUDIO_IN_RATE = 16000
+#: The bot's voice as sent to the client.
 AUDIO_OUT_RATE = 24000
 
 
@@ -73,6 +75,59 @@ def make_llm(config: BotConfig) -> FrameProcessor:
     )
 
 
+def make_speech_gate(config: BotConfig, models: SharedModels) -> SpeechGate:
+    """The Silero speech gate of one conversation, over the shared VAD session."""
+    analyzer = SharedSileroVADAnalyzer(
+        models.vad_session,
+        params=VADParams(
+            confidence=config.vad_confidence,
+            start_secs=config.vad_start_secs,
+            stop_secs=config.vad_stop_secs,
+        ),
+    )
+    return SpeechGate(
+        analyzer,
+        onset_confidence=config.onset_confidence,
+        onset_windows=config.onset_windows,
+        end_windows=config.end_windows,
+        pause_timeout_secs=config.pause_timeout_secs,
+        expected_sample_rate=AUDIO_IN_RATE,
+    )
+
+
+def make_recognizer(config: BotConfig, models: SharedModels) -> StreamingWhisperSTT:
+    """The streaming recognizer of one conversation, over the shared transcriber."""
+    return StreamingWhisperSTT(
+        models.transcriber,
+        turn_session=models.turn_session,
+        sample_rate=AUDIO_IN_RATE,
+        interim_secs=config.stt_interim_secs,
+        stop_secs=config.vad_stop_secs,
+        max_pause_secs=config.max_pause_secs,
+        short_turn_words=config.short_turn_words,
+        short_turn_pause_secs=config.short_turn_pause_secs,
+        min_tail_confidence=config.min_tail_confidence,
+    )
+
+
+def make_context_aggregators(context: LLMContext) -> LLMContextAggregatorPair:
+    """User/assistant aggregators whose user turn ends on the recognizer's final transcript.
+
+    The recognizer already decided the end of the turn (see :mod:`.turns`), so the
+    aggregator must not wait again; a turn without words is left unanswered.
+    """
+    return LLMContextAggregatorPair(
+        context,
+        user_params=LLMUserAggregatorParams(
+            user_turn_strategies=UserTurnStrategies(
+                start=[VADUserTurnStartStrategy()],
+                stop=[FinalTranscriptTurnStopStrategy()],
+            ),
+            empty_user_turn=None,
+        ),
+    )
+
+
 @dataclass
 class VoiceBot:
     """One conversation's pipeline, its worker, and handles for tests and metrics."""
@@ -101,44 +156,10 @@ def build_voice_pipeline(
     enable_rtvi: bool = True,
 ) -> VoiceBot:
     """Assemble the pipeline and its worker for one connection (nothing runs yet)."""
-    analyzer = SharedSileroVADAnalyzer(
-        models.vad_session,
-        params=VADParams(
-            confidence=config.vad_confidence,
-            start_secs=config.vad_start_secs,
-            stop_secs=config.vad_stop_secs,
-        ),
-    )
-    gate = SpeechGate(
-        analyzer,
-        onset_confidence=config.onset_confidence,
-        onset_windows=config.onset_windows,
-        end_windows=config.end_windows,
-        pause_timeout_secs=config.pause_timeout_secs,
-        expected_sample_rate=AUDIO_IN_RATE,
-    )
-    stt = StreamingWhisperSTT(
-        models.transcriber,
-        turn_session=models.turn_session,
-        sample_rate=AUDIO_IN_RATE,
-        interim_secs=config.stt_interim_secs,
-        stop_secs=config.vad_stop_secs,
-        max_pause_secs=config.max_pause_secs,
-        short_turn_words=config.short_turn_words,
-        short_turn_pause_secs=config.short_turn_pause_secs,
-        min_tail_confidence=config.min_tail_confidence,
-    )
+    gate = make_speech_gate(config, models)
+    stt = make_recognizer(config, models)
     context = LLMContext()
-    aggregators = LLMContextAggregatorPair(
-        context,
-        user_params=LLMUserAggregatorParams(
-            user_turn_strategies=UserTurnStrategies(
-                start=[VADUserTurnStartStrategy()],
-                stop=[FinalTranscriptTurnStopStrategy()],
-            ),
-            empty_user_turn=None,
-        ),
-    )
+    aggregators = make_context_aggregators(context)
     llm = make_llm(config)
     tts = (tts_factory or default_tts_factory)(models, config)
     # Upstream of STT and LLM: their errors pass it on the way to the source.

@@ -50,6 +50,21 @@ from .frames import (
 
 #: Windows under this confidence count as quiet for the probable-end signal.
 QUIET_CONFIDENCE = 0.3
+#: How often ``UserSpeakingFrame`` is broadcast while speech is confirmed.
+USER_SPEAKING_INTERVAL_SECS = 0.2
+
+
+def _silero_model_over(session: Any) -> SileroOnnxModel:
+    """Pipecat's Silero wrapper around an existing ONNX session (no model load).
+
+    ``SileroOnnxModel.__init__`` opens its own session; this sets the same attributes
+    it does, with the shared session instead.
+    """
+    model = SileroOnnxModel.__new__(SileroOnnxModel)
+    model.session = session
+    model.sample_rates = [8000, 16000]
+    model.reset_states()
+    return model
 
 
 class SharedSileroVADAnalyzer(SileroVADAnalyzer):
@@ -65,11 +80,8 @@ class SharedSileroVADAnalyzer(SileroVADAnalyzer):
     ) -> None:
         # Skip SileroVADAnalyzer.__init__: it would load a private copy of the model.
         VADAnalyzer.__init__(self, sample_rate=sample_rate, params=params)
-        model = SileroOnnxModel.__new__(SileroOnnxModel)
-        model.session = session
-        model.sample_rates = [8000, 16000]
-        model.reset_states()
-        self._model = model
+        self._model = _silero_model_over(session)
+        # The model-reset bookkeeping SileroVADAnalyzer.__init__ would have set up.
         self._windows_since_reset = 0
         self._low_confidence_windows = 0
         self.confidences: list[float] = []
@@ -116,7 +128,7 @@ class SpeechGate(FrameProcessor):
         self._bot_speaking = False
         self._user_turn_open = False  # Pipecat's user turn (from the aggregator)
         self._last_activity = 0.0
-        self._rate_warned = False
+        self._bad_audio_reported = False
         self.pauses = 0
         self.false_pauses = 0
 
@@ -128,7 +140,7 @@ class SpeechGate(FrameProcessor):
             return
         if isinstance(frame, InputAudioRawFrame):
             if frame.sample_rate != self._expected_rate or frame.num_channels != 1:
-                await self._reject_audio(frame)
+                await self._report_unusable_audio(frame)
                 return
             await self.push_frame(frame, direction)
             await self._analyze(frame)
@@ -147,9 +159,10 @@ class SpeechGate(FrameProcessor):
         elif isinstance(frame, EndFrame | CancelFrame):
             await self._analyzer.cleanup()
 
-    async def _reject_audio(self, frame: InputAudioRawFrame) -> None:
-        if not self._rate_warned:
-            self._rate_warned = True
+    async def _report_unusable_audio(self, frame: InputAudioRawFrame) -> None:
+        """Warn the client (once per connection) that audio in a wrong format is dropped."""
+        if not self._bad_audio_reported:
+            self._bad_audio_reported = True
             error = (
                 f"audio must be 16-bit mono PCM at {self._expected_rate} Hz; got "
                 f"{frame.sample_rate} Hz, {frame.num_channels} channel(s): dropped"
@@ -158,34 +171,46 @@ class SpeechGate(FrameProcessor):
             await self._send_client(client_message("error", error=error))
 
     async def _analyze(self, frame: InputAudioRawFrame) -> None:
+        """Run the VAD over one frame: raw-window signals first, then Pipecat's state."""
         new_state = await self._analyzer.analyze_audio(frame.audio)
         now = time.monotonic()
         for confidence in self._analyzer.drain():
             await self._on_window(confidence, now)
         if new_state != self._state and new_state in (VADState.SPEAKING, VADState.QUIET):
-            if new_state == VADState.SPEAKING:
-                logger.debug(f"{self}: user started speaking")
-                if self._paused_at is not None:
-                    # Confirmed: what the client holds is stale. A new user turn gets
-                    # Pipecat's interruption, which the output transport sends after
-                    # the last stale chunk (so nothing old sneaks in after it); a turn
-                    # resumed after a pause gets none, and the bot is silent then, so
-                    # the gate says it itself.
-                    self._paused_at = None
-                    if self._user_turn_open:
-                        await self._send_client(client_message("playback-flush"))
-                await self.broadcast_frame(
-                    VADUserStartedSpeakingFrame, start_secs=self._analyzer.params.start_secs
-                )
-            else:
-                logger.debug(f"{self}: user stopped speaking")
-                await self.broadcast_frame(
-                    VADUserStoppedSpeakingFrame, stop_secs=self._analyzer.params.stop_secs
-                )
-            self._state = new_state
-        if self._state == VADState.SPEAKING and now - self._last_activity >= 0.2:
+            await self._on_confirmed_state(new_state)
+        if (
+            self._state == VADState.SPEAKING
+            and now - self._last_activity >= USER_SPEAKING_INTERVAL_SECS
+        ):
             self._last_activity = now
             await self.broadcast_frame(UserSpeakingFrame)
+        await self._maybe_resume_playback(now, new_state)
+
+    async def _on_confirmed_state(self, new_state: VADState) -> None:
+        """Announce confirmed speech or silence with Pipecat's own VAD frames."""
+        if new_state == VADState.SPEAKING:
+            logger.debug(f"{self}: user started speaking")
+            if self._paused_at is not None:
+                # Confirmed: what the client holds is stale. A new user turn gets
+                # Pipecat's interruption, which the output transport sends after
+                # the last stale chunk (so nothing old sneaks in after it); a turn
+                # resumed after a pause gets none, and the bot is silent then, so
+                # the gate says it itself.
+                self._paused_at = None
+                if self._user_turn_open:
+                    await self._send_client(client_message("playback-flush"))
+            await self.broadcast_frame(
+                VADUserStartedSpeakingFrame, start_secs=self._analyzer.params.start_secs
+            )
+        else:
+            logger.debug(f"{self}: user stopped speaking")
+            await self.broadcast_frame(
+                VADUserStoppedSpeakingFrame, stop_secs=self._analyzer.params.stop_secs
+            )
+        self._state = new_state
+
+    async def _maybe_resume_playback(self, now: float, new_state: VADState) -> None:
+        """Resume the client's playback when a pause was not confirmed as speech in time."""
         if (
             self._paused_at is not None
             and now - self._paused_at >= self._pause_timeout
@@ -198,6 +223,7 @@ class SpeechGate(FrameProcessor):
             await self._send_client(client_message("playback-resume"))
 
     async def _on_window(self, confidence: float, now: float) -> None:
+        """Track runs of loud and quiet windows: onset (pause playback) and probable end."""
         if confidence >= self._onset_confidence:
             self._high_run += 1
             self._low_run = 0
@@ -221,5 +247,6 @@ class SpeechGate(FrameProcessor):
             self._probable_end = True
             await self.push_frame(ProbableSpeechEndFrame())
 
-    async def _send_client(self, message: dict) -> None:
+    async def _send_client(self, message: dict[str, Any]) -> None:
+        """Send a JSON message to the client now, ahead of queued audio."""
         await self.push_frame(OutputTransportMessageUrgentFrame(message=message))
