@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from pipecat_vibevoice.engine.backends.base import TextSource
+from pipecat_vibevoice.engine import GrowingText
 from pipecat_vibevoice.models.vibevoice_realtime.batcher import BatcherClosed, VibeVoiceBatcher
 from pipecat_vibevoice.models.vibevoice_realtime.generation import (
     WAITING,
@@ -114,10 +114,10 @@ def test_streamed_text_next_to_whole_text(tiny_model64, tiny_preset64, encode, b
     expected_stream = solo(tiny_model64, tiny_preset64, encode, text, streamed_settings, 31)
     expected_whole = solo(tiny_model64, tiny_preset64, encode, "Hi.", whole_settings, 32)
 
-    source = TextSource()
+    source = GrowingText()
     words = [w + " " for w in text.split(" ")]
     words[-1] = words[-1].rstrip()
-    stream = TextTokenStream(encode, source.read)
+    stream = TextTokenStream(encode, source.snapshot)
     streamed_handle = batcher.submit(tiny_preset64, stream, streamed_settings, TorchNoise(31))
     whole_out: list = []
     whole_handle = batcher.submit(
@@ -253,8 +253,8 @@ def test_idle_worker_sleeps_and_close_ends_it(tiny_model64, tiny_preset64, encod
     ticks = batcher.ticks
     time.sleep(0.2)
     assert batcher.ticks == ticks  # no spinning while idle
-    source = TextSource()  # an utterance parked on streamed text when the batcher closes
-    parked = batcher.submit(tiny_preset64, TextTokenStream(encode, source.read), settings)
+    source = GrowingText()  # an utterance parked on streamed text when the batcher closes
+    parked = batcher.submit(tiny_preset64, TextTokenStream(encode, source.snapshot), settings)
     assert next(parked) is WAITING
     batcher.close()
     assert not batcher.alive

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipecat_vibevoice.engine.backends.base import TextSource
+from pipecat_vibevoice.engine import GrowingText
 from pipecat_vibevoice.models.vibevoice_realtime.generation import (
     SPEECH_WINDOW,
     TEXT_WINDOW,
@@ -62,8 +62,8 @@ def test_stop_mid_window_after_a_few_latents(
 
 
 def text_stream_ids(encode, pieces: list[str]) -> list[int]:
-    source = TextSource()
-    stream = TextTokenStream(encode, source.read)
+    source = GrowingText()
+    stream = TextTokenStream(encode, source.snapshot)
     ids: list[int] = []
     for piece in pieces:
         source.append(piece)
@@ -95,8 +95,8 @@ def test_streamed_tokens_equal_whole_text_tokens(encode, text: str, cuts: list[i
 
 
 def test_token_stream_waits_for_a_full_window(encode) -> None:
-    source = TextSource()
-    stream = TextTokenStream(encode, source.read)
+    source = GrowingText()
+    stream = TextTokenStream(encode, source.snapshot)
     source.append("Hello")
     assert stream.take(TEXT_WINDOW) is None  # no safe cut yet: "Hello" may grow
     source.append(" there, my friend, how are")
@@ -121,8 +121,8 @@ def test_streamed_text_gives_the_same_audio(tiny_model, tiny_preset, encode, no_
     ]
     words = [w + " " for w in TEXT.split(" ")]
     words[-1] = words[-1].rstrip()
-    source = TextSource()
-    stream = TextTokenStream(encode, source.read)
+    source = GrowingText()
+    stream = TextTokenStream(encode, source.snapshot)
     streamed, waits, appended_at_first_audio = [], 0, None
     for item in generate(tiny_model, tiny_preset, stream, options, TorchNoise(7)):
         if item is WAITING:

@@ -113,8 +113,3 @@ class SpeechBackend(ABC):
         """Facts for the health check (model path, device, dtype...)."""
         return {"engine": self.name, "native_sample_rate": self.sample_rate}
 
-
-class TextSource(GrowingText):
-    """TEMPORARY alias of :class:`GrowingText` for tests being moved (read = snapshot)."""
-
-    read = GrowingText.snapshot

@@ -52,7 +52,7 @@ class TextTokenStream:
     trailing newline the official processor appends (``text.strip() + "\\n"``).
 
     ``read`` returns ``(text_so_far, finished)``; it is the thread-safe text hand-over
-    from the engine (see ``TextSource``), or a constant for a whole string.
+    from the engine (``GrowingText.snapshot``), or a constant for a whole string.
     """
 
     def __init__(self, encode: Encoder, read: Callable[[], tuple[str, bool]]) -> None:
