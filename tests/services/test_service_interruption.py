@@ -109,4 +109,4 @@ async def test_interrupting_a_token_stream_stops_the_model(piper_engine: TTSEngi
     first_context = audio_frames(down)[0].context_id
     after = check_no_leak(down, first_context)
     assert after, "the next turn produced no audio"
-    assert not tts._token_tasks, "a token stream task outlived its turn"
+    assert not tts._token_turns, "a token stream task outlived its turn"

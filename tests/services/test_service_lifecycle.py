@@ -102,7 +102,7 @@ async def test_end_frame_in_the_middle_of_a_token_turn_speaks_what_came(
     )
     assert not [f for f in up if isinstance(f, ErrorFrame)]
     assert audio_frames(down) and any(isinstance(f, TTSStoppedFrame) for f in down)
-    assert not tts._token_tasks
+    assert not tts._token_turns
 
 
 @pytest.mark.parametrize("mode", list(TextAggregationMode))
@@ -124,7 +124,7 @@ async def test_finished_sessions_leave_nothing_behind(
             ],
             start_timeout=10,
         )
-        assert not (tts._token_streams or tts._token_tasks or tts._held_text)
+        assert not tts._token_turns
         assert not tts._refused_contexts
         refs.append(weakref.ref(tts))
         del tts

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterable
 
-import pytest
 from pipecat.frames.frames import (
     ErrorFrame,
     LLMFullResponseEndFrame,
@@ -27,12 +25,7 @@ from services.service_helpers import PieceCounter, Timeline, audio_frames, shape
 
 from pipecat_vibevoice.engine import TTSEngine
 from pipecat_vibevoice.services import VibeVoiceTTSService
-from pipecat_vibevoice.services.vibevoice.token_turns import (
-    HeldText,
-    TextStream,
-    engine_accepts_text_stream,
-    sentences_from,
-)
+from pipecat_vibevoice.services.vibevoice.token_turns import HeldText, TokenTurn
 
 TOKEN = TextAggregationMode.TOKEN
 FIRST = ["Hello", " there", ",", " friend", ".", " How"]
@@ -69,11 +62,6 @@ def turn(*groups: list[str], pause: float = 0.0) -> list:
         frames.extend(LLMTextFrame(t) for t in group)
     frames.append(LLMFullResponseEndFrame())
     return frames
-
-
-def test_the_engine_takes_a_text_stream(piper_engine: TTSEngine) -> None:
-    # The agreed engine extension is in: TOKEN mode gets one engine stream per turn.
-    assert engine_accepts_text_stream(piper_engine)
 
 
 async def test_turn_is_one_engine_stream_and_speech_starts_before_the_turn_ends(
@@ -115,17 +103,12 @@ async def test_turn_is_one_engine_stream_and_speech_starts_before_the_turn_ends(
     assert {len(f.audio) for f in audio[:-1]} == {3840}
     seconds = sum(len(f.audio) for f in audio) / 48000
     assert 2.0 < seconds < 8.0
-    assert not tts._token_tasks
+    assert not tts._token_turns
 
 
-@pytest.mark.parametrize("native", [True, False], ids=["engine-stream", "fallback"])
-async def test_each_sentence_text_follows_its_audio(
-    piper_engine: TTSEngine, monkeypatch: pytest.MonkeyPatch, native: bool
-) -> None:
+async def test_each_sentence_text_follows_its_audio(piper_engine: TTSEngine) -> None:
     # The TTSTextFrame is what the assistant context records as said: it must not run
     # ahead of the audio (Pipecat emits it as soon as a streamed sentence is complete).
-    if not native:
-        monkeypatch.setattr(piper_engine, "accepts_text_stream", False, raising=False)
     tts = VibeVoiceTTSService(piper_engine, warmup=False, text_aggregation_mode=TOKEN)
     tokens = ["Hello", " there.", " How", " are", " you", " today?", " I", " am", " fine."]
     down, _ = await run_test(tts, frames_to_send=turn(tokens), start_timeout=10)
@@ -133,21 +116,6 @@ async def test_each_sentence_text_follows_its_audio(
     assert texts == ["Hello there.", "How are you today?", "I am fine."]
     names = [n for n in shape(down) if n in ("TTSAudioRawFrame", "TTSTextFrame")]
     assert names == ["TTSAudioRawFrame", "TTSTextFrame"] * 3
-
-
-async def test_sentence_fallback_when_the_engine_takes_no_stream(
-    piper_engine: TTSEngine, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(piper_engine, "accepts_text_stream", False, raising=False)
-    tts = VibeVoiceTTSService(piper_engine, warmup=False, text_aggregation_mode=TOKEN)
-    with RequestLog(piper_engine) as log:
-        down, up = await run_test(tts, frames_to_send=turn(FIRST, REST), start_timeout=10)
-    assert not tts.streams_text_into_engine
-    assert log.kinds == ["str", "str"]  # one request per sentence
-    assert not [f for f in up if isinstance(f, ErrorFrame)]
-    names = shape(down)
-    assert names.count("TTSStartedFrame") == 1 and names.count("TTSStoppedFrame") == 1
-    assert len({f.context_id for f in audio_frames(down)}) == 1
 
 
 async def test_speak_frame_and_consecutive_turns_in_token_mode(piper_engine: TTSEngine) -> None:
@@ -187,18 +155,19 @@ async def test_engine_error_in_a_token_stream_is_reported_and_next_turn_works(
     assert len({f.context_id for f in audio_frames(down)}) == 1  # the second turn spoke
     assert shape(down).count("LLMFullResponseEndFrame") == 2
     assert tts.is_usable
-    assert not tts._token_tasks
+    assert not tts._token_turns
 
 
-async def test_text_stream_and_sentence_regrouping() -> None:
-    stream = TextStream()
+async def test_token_turn_is_one_growing_text_read_by_the_engine() -> None:
+    turn = TokenTurn("0123456789abcdef")
     for piece in ["Dr. Smith", " arrived.", " It was", " 3.5 degrees", ". Cold!"]:
-        stream.put(piece)
-    stream.close()
-    stream.put("ignored after close")
-    sentences = [s async for s in sentences_from(stream)]
-    assert sentences == ["Dr. Smith arrived.", "It was 3.5 degrees.", "Cold!"]
-    assert stream.pieces == 5
+        turn.append(piece)
+    assert not turn.closed and turn.text.text == "Dr. Smith arrived. It was 3.5 degrees. Cold!"
+    turn.close()
+    turn.close()  # idempotent: flush and stop may both close a turn
+    assert turn.closed and turn.text.pieces == 5
+    await turn.text.wait_closed()  # what the speaker waits for after a failed request
+    assert turn.task is None and not turn.held.frames
 
 
 def test_held_text_releases_by_offset_in_order() -> None:
@@ -214,21 +183,3 @@ def test_held_text_releases_by_offset_in_order() -> None:
     assert held.release(12) == [first, marker]  # a frame behind a text keeps its place
     assert held.release(20) == []
     assert held.release(None) == [second]
-
-
-def test_text_stream_support_detection() -> None:
-    class Flagged:
-        accepts_text_stream = False
-
-        async def synthesize_streaming(self, text: AsyncIterable[str]): ...
-
-    class OnlyStrings:
-        async def synthesize_streaming(self, text: str): ...
-
-    class Streams:
-        async def synthesize_streaming(self, text: str | AsyncIterable[str]): ...
-
-    assert not engine_accepts_text_stream(Flagged())
-    assert not engine_accepts_text_stream(OnlyStrings())
-    assert engine_accepts_text_stream(Streams())
-    assert not engine_accepts_text_stream(object())

@@ -107,7 +107,6 @@ async def test_tokens_stream_into_one_vibevoice_request_with_its_options(
             tts, frames_to_send=turn(FIRST, REST, pause=2.0), observers=[timeline], start_timeout=30
         )
     assert not [f for f in up if isinstance(f, ErrorFrame)]
-    assert tts.streams_text_into_engine
     assert log.options == [{"seed": 5, "cfg_scale": 1.3, "inference_steps": 2}]
     # Speech began from the first words, before the rest of the turn was sent.
     first_audio = timeline.first_pushed(TTSAudioRawFrame)
@@ -179,4 +178,4 @@ async def test_interruption_stops_vibevoice_within_one_latent(vibevoice_engine: 
     assert late <= 1, f"{late} latents were made after the interruption (allowed: 1)"
     cut = next(i for i, f in enumerate(down) if isinstance(f, InterruptionFrame))
     assert audio_frames(down[:cut]) and not audio_frames(down[cut:])
-    assert not tts._token_tasks
+    assert not tts._token_turns

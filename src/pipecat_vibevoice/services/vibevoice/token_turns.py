@@ -1,89 +1,31 @@
-"""Token streaming support: one LLM turn's tokens as one async text stream.
+"""Token mode state: one :class:`TokenTurn` per turn, and the text frames it holds back.
 
-In ``TextAggregationMode.TOKEN`` Pipecat calls ``run_tts`` once per LLM token, on
-the processor's own task, one call after another. A model that conditions on the
-text so far (VibeVoice-Realtime) speaks best and starts soonest when it sees the
-whole turn as one growing stream, so the service turns those calls into an
-:class:`AsyncIterable` of text that a single engine request consumes.
-
-Engines that cannot take a text stream yet get the same tokens regrouped into
-sentences (:func:`sentences_from`), spoken one engine request each, so TOKEN mode
-works with any engine; it only loses the sub-sentence head start.
-
-:class:`HeldText` keeps the sentence text frames Pipecat builds from the tokens
-until the audio that speaks them has been produced.
+In ``TextAggregationMode.TOKEN`` Pipecat calls ``run_tts`` once per LLM token, on the
+processor's own task, one call after another. A model that conditions on the text so
+far (VibeVoice-Realtime) speaks best and starts soonest when it sees the whole turn as
+one growing text, so the service appends the tokens of a turn to one
+:class:`~pipecat_vibevoice.engine.GrowingText` that a single engine request reads as it
+grows. Everything the service keeps about such a turn lives in one :class:`TokenTurn`,
+so a turn is dropped, cancelled or finished in one place.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
-from collections.abc import AsyncIterator
-from typing import Any
 
 from pipecat.frames.frames import Frame, TTSTextFrame
-from pipecat.utils.text.base_text_aggregator import TextType
-from pipecat.utils.text.simple_text_aggregator import SimpleTextAggregator
 
-_CLOSED = object()
-
-
-class TextStream:
-    """An async iterator of text pieces fed from another task, closed explicitly.
-
-    ``put`` never blocks (tokens are tiny and arrive slower than speech is made);
-    ``close`` ends the iteration once the pieces before it are consumed. Iteration
-    happens once: the engine request that consumes it owns it.
-    """
-
-    def __init__(self) -> None:
-        self._queue: asyncio.Queue[Any] = asyncio.Queue()
-        self._closed = False
-        self.pieces = 0
-        self.chars = 0
-
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`close` was called (pieces may still be queued)."""
-        return self._closed
-
-    def put(self, text: str) -> None:
-        """Queue a piece of text; ignored after :meth:`close`."""
-        if self._closed or not text:
-            return
-        self.pieces += 1
-        self.chars += len(text)
-        self._queue.put_nowait(text)
-
-    def close(self) -> None:
-        """No more text: iteration ends after the queued pieces (idempotent)."""
-        if not self._closed:
-            self._closed = True
-            self._queue.put_nowait(_CLOSED)
-
-    def __aiter__(self) -> AsyncIterator[str]:
-        return self
-
-    async def __anext__(self) -> str:
-        item = await self._queue.get()
-        if item is _CLOSED:
-            # Leave the marker for anyone draining after the consumer stopped.
-            self._queue.put_nowait(_CLOSED)
-            raise StopAsyncIteration
-        return item
-
-    async def drain(self) -> None:
-        """Discard pieces until the stream is closed (after a failed request)."""
-        async for _ in self:
-            pass
+from ...engine import GrowingText
 
 
 class HeldText:
     """Frames held back until the audio that speaks their text has been produced.
 
-    Each ``TTSTextFrame`` gets the end offset of its text in the turn's text (the
-    running total of the held texts, which Pipecat cut from the same tokens the
-    engine reads); other frames share the offset of the text frame before them.
+    Pipecat emits a sentence's ``TTSTextFrame`` (what the assistant context records as
+    said) as soon as the sentence's tokens are in, before it is spoken. Each text frame
+    here gets the end offset of its text in the turn's text (the running total of the
+    held texts, which Pipecat cut from the same tokens the engine reads); other frames
+    share the offset of the text frame before them, so their order is kept.
     """
 
     def __init__(self) -> None:
@@ -107,43 +49,37 @@ class HeldText:
         del self.frames[:count]
         return released
 
+    def drop(self) -> None:
+        """Forget every held frame (the turn was interrupted: none of it was said)."""
+        self.frames.clear()
 
-async def sentences_from(pieces: AsyncIterator[str], language: str = "en") -> AsyncIterator[str]:
-    """Regroup streamed text into sentences with Pipecat's own sentence rules.
 
-    The fallback for engines that take only whole strings: each sentence is
-    yielded as soon as its end is certain, the remainder when the stream closes.
+class TokenTurn:
+    """One token-mode turn (one audio context): its text, its speaker task, its held frames.
+
+    The text is the one object the engine reads (no copy), appended to token by token
+    and closed when the turn's text is complete. ``task`` speaks it into the audio
+    context; it is set right after the turn is made, since the task needs the turn.
     """
-    aggregator = SimpleTextAggregator(aggregation_type=TextType.SENTENCE, language=language)
-    async for piece in pieces:
-        async for sentence in aggregator.aggregate(piece):
-            if sentence.text.strip():
-                yield sentence.text
-    rest = await aggregator.flush()
-    if rest is not None and rest.text.strip():
-        yield rest.text
 
+    def __init__(self, context_id: str) -> None:
+        self.context_id = context_id
+        self.text = GrowingText()
+        self.held = HeldText()
+        self.task: asyncio.Task[None] | None = None
 
-def engine_accepts_text_stream(engine: Any) -> bool:
-    """Whether ``engine.synthesize_streaming`` takes an ``AsyncIterable[str]`` as its text.
+    @property
+    def closed(self) -> bool:
+        """True once the turn's text is complete (no more tokens will be appended)."""
+        return self.text.closed
 
-    The agreed extension of the engine API; an engine may say so explicitly with a
-    boolean ``accepts_text_stream`` attribute, otherwise the annotation of the
-    ``text`` parameter decides. Anything unclear counts as "no", which only costs
-    latency (the sentence fallback), never correctness.
-    """
-    flag = getattr(engine, "accepts_text_stream", None)
-    if isinstance(flag, bool):
-        return flag
-    method = getattr(engine, "synthesize_streaming", None)
-    if method is None:
-        return False
-    try:
-        parameter = inspect.signature(method).parameters.get("text")
-    except (TypeError, ValueError):
-        return False
-    if parameter is None:
-        return False
-    annotation = parameter.annotation
-    text = annotation if isinstance(annotation, str) else repr(annotation)
-    return "AsyncIterable" in text or "AsyncIterator" in text
+    def append(self, token: str) -> None:
+        """Add a token to the text the engine is reading."""
+        self.text.append(token)
+
+    def close(self) -> None:
+        """The turn's text is complete: the engine speaks the rest and ends (idempotent)."""
+        self.text.close()
+
+    def __repr__(self) -> str:
+        return f"TokenTurn({self.context_id[:8]}, {self.text!r}, {len(self.held.frames)} held)"

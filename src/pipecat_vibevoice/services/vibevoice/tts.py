@@ -1,23 +1,23 @@
 """Pipecat TTS service over the pipecat-vibevoice :class:`~pipecat_vibevoice.engine.TTSEngine`.
 
-The service adapts the engine's async PCM stream to Pipecat frames and leaves the
-rest to :class:`~pipecat.services.tts_service.TTSService`: text aggregation, audio
-contexts, ``TTSStartedFrame``/``TTSStoppedFrame``, text frames and the TTFB metric.
+The service adapts the engine's chunk stream to Pipecat frames and leaves the rest to
+:class:`~pipecat.services.tts_service.TTSService`: text aggregation, audio contexts,
+``TTSStartedFrame``/``TTSStoppedFrame``, text frames and the TTFB metric.
 
 Two ways text reaches the engine:
 
-* ``TextAggregationMode.SENTENCE`` (default): ``run_tts`` gets one sentence and
-  yields its audio inline, chunk by chunk, as the engine makes it. An interruption
-  cancels the task running ``run_tts``; the cancellation lands in the engine's
-  generator, whose stop event halts the model before its next unit of work.
-* ``TextAggregationMode.TOKEN``: ``run_tts`` gets one LLM token at a time. The
-  tokens of a turn are fed into one :class:`~.text_stream.TextStream` that a
-  background task speaks as one engine request (when the engine accepts a text
-  stream) or sentence by sentence (fallback). Audio is appended to the turn's
-  audio context as it arrives; the context is closed once the turn has been
-  flushed and the engine is done. An interruption cancels that task. Each
-  sentence's ``TTSTextFrame`` is held until the engine's audio has passed its text
-  (chunk text spans), so only what was spoken reaches the assistant context.
+* ``TextAggregationMode.SENTENCE`` (default): ``run_tts`` gets one sentence and yields
+  its audio inline, chunk by chunk, as the engine makes it. An interruption cancels the
+  task running ``run_tts``; the cancellation lands in the engine's generator, whose
+  stop event halts the model before its next unit of work.
+* ``TextAggregationMode.TOKEN``: ``run_tts`` gets one LLM token at a time. The tokens
+  of a turn (one audio context) are appended to the turn's
+  :class:`~pipecat_vibevoice.engine.GrowingText`, which a background task speaks as
+  one engine request, appending the audio to the audio context (see
+  :mod:`.token_turns`). The context is closed once the turn's text is complete and
+  the engine is done; an interruption cancels the task. Each sentence's
+  ``TTSTextFrame`` is held until the engine's audio has passed its text (chunk text
+  spans), so only what was spoken reaches the assistant context.
 
 The service knows no transport: it only emits frames.
 """
@@ -28,14 +28,7 @@ import asyncio
 import copy
 import time
 import weakref
-from collections.abc import (
-    AsyncGenerator,
-    AsyncIterable,
-    AsyncIterator,
-    Awaitable,
-    Callable,
-    Mapping,
-)
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,9 +51,9 @@ from pipecat.utils.errors import ErrorCategory
 from pipecat.utils.tracing.service_decorators import traced_tts
 from pipecat.utils.types import NOT_GIVEN, NotGiven, is_given
 
-from ...engine import TTSConfig, TTSEngine, get_tts_engine
+from ...engine import GrowingText, TTSConfig, TTSEngine, get_tts_engine
 from ...engine.controls import CONTROLS, VIBEVOICE_CONTROLS, ControlError
-from .token_turns import HeldText, TextStream, engine_accepts_text_stream, sentences_from
+from .token_turns import TokenTurn
 
 #: Text spoken once per (engine, voice) at start, so the first real turn does not
 #: pay for lazy initialisation and Pipecat never sees a silent first context.
@@ -69,13 +62,12 @@ WARMUP_TEXT = "Hello."
 #: The numeric settings, each checked by its engine control (one range everywhere).
 NUMERIC_SETTINGS = ("speed", "pitch", *VIBEVOICE_CONTROLS)
 
+#: How long an ``EndFrame`` waits for open token turns to finish speaking.
+END_OF_TURNS_TIMEOUT_S = 30.0
+
 # Voices already warmed per engine. Engines are shared by every session of a
 # process, so this keeps the warm-up a once-per-process cost.
 _warmed: weakref.WeakKeyDictionary[TTSEngine, set[str]] = weakref.WeakKeyDictionary()
-
-
-def _not_given() -> Any:
-    return NOT_GIVEN
 
 
 @dataclass
@@ -96,10 +88,10 @@ class VibeVoiceTTSSettings(TTSSettings):
 
     """
 
-    speed: float | NotGiven = field(default_factory=_not_given)
-    pitch: float | NotGiven = field(default_factory=_not_given)
-    cfg_scale: float | NotGiven = field(default_factory=_not_given)
-    inference_steps: int | NotGiven = field(default_factory=_not_given)
+    speed: float | NotGiven = field(default_factory=lambda: NOT_GIVEN)
+    pitch: float | NotGiven = field(default_factory=lambda: NOT_GIVEN)
+    cfg_scale: float | NotGiven = field(default_factory=lambda: NOT_GIVEN)
+    inference_steps: int | NotGiven = field(default_factory=lambda: NOT_GIVEN)
 
 
 class VibeVoiceTTSService(TTSService):
@@ -111,9 +103,16 @@ class VibeVoiceTTSService(TTSService):
         tts = VibeVoiceTTSService(engine)                      # once per session
         pipeline = Pipeline([..., llm, tts, transport.output(), ...])
 
-    Audio comes out as ``TTSAudioRawFrame``s of the engine's chunk size
+    Nothing blocks the event loop: the engine runs the model in its worker threads,
+    one chunk per call, and stops a request before its next chunk once it is
+    cancelled. Audio comes out as ``TTSAudioRawFrame``s of the engine's chunk size
     (``TTSConfig.chunk_ms``) at the engine's sample rate unless ``sample_rate`` asks
     for another (then it is resampled).
+
+    What can change at runtime, through ``TTSUpdateSettingsFrame`` (taking effect from
+    the next engine request): ``voice``, ``speed``, ``pitch``, and for VibeVoice
+    ``cfg_scale`` and ``inference_steps``. ``model`` and ``language`` are fixed by the
+    engine.
     """
 
     Settings = VibeVoiceTTSSettings
@@ -152,6 +151,7 @@ class VibeVoiceTTSService(TTSService):
             **kwargs: Passed to :class:`TTSService`.
 
         """
+        # 1. The engine: a shared instance, or the config of the process-wide one.
         if isinstance(engine, TTSEngine) and config is not None:
             raise ValueError("pass either an engine or a config, not both")
         if isinstance(engine, TTSConfig):
@@ -163,6 +163,7 @@ class VibeVoiceTTSService(TTSService):
             engine.config if engine else (config or TTSConfig.from_env())
         )
 
+        # 2. Defaults: the engine config's voice and VibeVoice controls, natural speed.
         default_settings = self.Settings(
             model=None,
             voice=self._engine_config.default_voice,
@@ -172,6 +173,8 @@ class VibeVoiceTTSService(TTSService):
             cfg_scale=self._engine_config.cfg_scale,
             inference_steps=self._engine_config.inference_steps,
         )
+
+        # 3. Settings delta (always wins), each number checked by its engine control.
         if settings is not None:
             settings = copy.copy(settings)  # the caller's object is left as it was
             settings.extra = dict(settings.extra)
@@ -181,12 +184,13 @@ class VibeVoiceTTSService(TTSService):
                     setattr(settings, name, CONTROLS[name].check(value))
             default_settings.apply_update(settings)
 
+        # 4. The base service: it emits the start/stop frames; token mode needs one
+        #    context (one engine request) per turn, not one per token.
         kwargs.pop("push_start_frame", None)
         kwargs.pop("push_stop_frames", None)
         if text_aggregation_mode == TextAggregationMode.TOKEN and not kwargs.get(
             "reuse_context_id_within_turn", True
         ):
-            # One context per token would mean one engine request per token.
             logger.warning(
                 "token mode needs one context per turn: reuse_context_id_within_turn=True"
             )
@@ -201,31 +205,19 @@ class VibeVoiceTTSService(TTSService):
             settings=default_settings,
             **kwargs,
         )
+
+        # 5. Per-session state.
         self._warmup_enabled = warmup
         self._extra_options: dict[str, Any] = dict(engine_options or {})
-        # Token mode: the open text stream of each audio context, and its speaker task.
-        self._token_streams: dict[str, TextStream] = {}
-        self._token_tasks: dict[str, asyncio.Task] = {}
-        self._held_text: dict[str, HeldText] = {}
-        self._stream_text_ok: bool | None = None
+        # Token mode: the open turn of each audio context.
+        self._token_turns: dict[str, TokenTurn] = {}
         # Contexts whose text the engine refused (bad input, already reported).
         self._refused_contexts: set[str] = set()
-
-    # -- properties ---------------------------------------------------------------------
 
     @property
     def engine(self) -> TTSEngine | None:
         """The engine, once known (given, or loaded at start)."""
         return self._engine
-
-    @property
-    def streams_text_into_engine(self) -> bool:
-        """True when TOKEN mode feeds one engine request per turn (not the sentence fallback)."""
-        if self._engine is None:
-            return False
-        if self._stream_text_ok is None:
-            self._stream_text_ok = engine_accepts_text_stream(self._engine)
-        return self._stream_text_ok
 
     def can_generate_metrics(self) -> bool:
         """TTFB, processing and usage metrics are all meaningful for a local model."""
@@ -263,12 +255,7 @@ class VibeVoiceTTSService(TTSService):
             )
             self._settings.voice = fallback
         if self._is_streaming_tokens:
-            mode = (
-                "one engine stream per turn"
-                if self.streams_text_into_engine
-                else ("sentence fallback (engine takes no text stream)")
-            )
-            logger.info(f"{self}: token mode, {mode}")
+            logger.info(f"{self}: token mode, one engine request per turn")
         if self._warmup_enabled:
             await self._warm_up(engine, self._settings.voice)
 
@@ -286,25 +273,25 @@ class VibeVoiceTTSService(TTSService):
             logger.warning(f"{self}: warm-up of voice {voice} failed: {exc}")
 
     async def stop(self, frame: EndFrame) -> None:
-        """Let open token streams finish speaking, then stop."""
-        # EndFrame ends the text too: close the streams and let their speaker tasks
+        """Let open token turns finish speaking, then stop."""
+        # EndFrame ends the text too: close the turns and let their speaker tasks
         # finish, so their audio reaches the audio contexts before playback ends.
-        for stream in self._token_streams.values():
-            stream.close()
-        tasks = [t for t in self._token_tasks.values() if not t.done()]
+        for turn in self._token_turns.values():
+            turn.close()
+        tasks = [t.task for t in self._token_turns.values() if t.task and not t.task.done()]
         if tasks:
-            await asyncio.wait(tasks, timeout=30.0)
+            await asyncio.wait(tasks, timeout=END_OF_TURNS_TIMEOUT_S)
         await super().stop(frame)
-        await self._cancel_token_streams()
+        await self._cancel_token_turns()
 
     async def cancel(self, frame: CancelFrame) -> None:
         """Stop all synthesis at once."""
-        await self._cancel_token_streams()
+        await self._cancel_token_turns()
         await super().cancel(frame)
 
     async def cleanup(self) -> None:
         """Release per-session state; the shared engine stays loaded for other sessions."""
-        await self._cancel_token_streams()
+        await self._cancel_token_turns()
         await super().cleanup()
 
     # -- settings -----------------------------------------------------------------------
@@ -314,6 +301,7 @@ class VibeVoiceTTSService(TTSService):
 
         A refused value is reported as an ``ErrorFrame`` (category APPLICATION, so the
         service stays usable) and the next utterance speaks with the old settings.
+        Nothing needs rebuilding: every engine request reads the settings afresh.
         """
         for name in NUMERIC_SETTINGS:
             value = getattr(delta, name, NOT_GIVEN)
@@ -382,7 +370,8 @@ class VibeVoiceTTSService(TTSService):
         """Speak ``text`` (a sentence, or one token in TOKEN mode) in audio context ``context_id``.
 
         Yields ``TTSAudioRawFrame``s as the engine produces them, or an ``ErrorFrame``
-        naming the cause when the engine refuses the text or fails.
+        naming the cause when the engine refuses the text or fails. In TOKEN mode it
+        yields ``None``: the turn's audio comes from its speaker task.
         """
         engine = self._engine
         if engine is None or not engine.is_initialized:
@@ -393,9 +382,8 @@ class VibeVoiceTTSService(TTSService):
             return
         if self._is_streaming_tokens:
             self._feed_token(engine, text, context_id)
-            yield None  # audio arrives from the turn's speaker task
+            yield None
             return
-
         await self.start_tts_usage_metrics(text)
         async for frame in self._synthesize_frames(engine, text, context_id):
             yield frame
@@ -403,7 +391,7 @@ class VibeVoiceTTSService(TTSService):
     async def _synthesize_frames(
         self,
         engine: TTSEngine,
-        text: str | AsyncIterable[str],
+        text: str | GrowingText,
         context_id: str,
         before_audio: Callable[[int], Awaitable[None]] | None = None,
     ) -> AsyncIterator[Frame]:
@@ -416,11 +404,12 @@ class VibeVoiceTTSService(TTSService):
         its stop event before the next model call.
         """
         try:
-            async with aclosing(_engine_audio(engine, text, self._request_kwargs(engine))) as it:
-                async for pcm, span_start in it:
-                    if before_audio is not None and span_start is not None:
-                        await before_audio(span_start)
-                    yield await self._audio_frame(pcm, engine, context_id)
+            chunks = engine.stream_chunks(text, **self._request_kwargs(engine))
+            async with aclosing(chunks):
+                async for chunk in chunks:
+                    if before_audio is not None and chunk.text_span is not None:
+                        await before_audio(chunk.text_span[0])
+                    yield await self._audio_frame(chunk.pcm, engine, context_id)
         except ValueError as exc:
             # Bad voice, text or controls: the request's fault, not the engine's.
             logger.warning(f"{self}: request refused: {exc}")
@@ -437,6 +426,13 @@ class VibeVoiceTTSService(TTSService):
                 exception=exc,
                 category=ErrorCategory.SERVER,
             )
+
+    async def _audio_frame(self, pcm: bytes, engine: TTSEngine, context_id: str) -> Frame:
+        if self.sample_rate != engine.config.sample_rate:
+            pcm = await self._resampler.resample(pcm, engine.config.sample_rate, self.sample_rate)
+        return TTSAudioRawFrame(
+            audio=pcm, sample_rate=self.sample_rate, num_channels=1, context_id=context_id
+        )
 
     async def tts_process_generator(
         self, context_id: str, generator: AsyncGenerator[Frame | None, None]
@@ -468,87 +464,52 @@ class VibeVoiceTTSService(TTSService):
                 return
         await super()._record_context_audio_outcome(context_id, received_audio)
 
-    async def _audio_frame(self, chunk: bytes, engine: TTSEngine, context_id: str) -> Frame:
-        if self.sample_rate != engine.config.sample_rate:
-            chunk = await self._resampler.resample(
-                chunk, engine.config.sample_rate, self.sample_rate
-            )
-        return TTSAudioRawFrame(
-            audio=chunk, sample_rate=self.sample_rate, num_channels=1, context_id=context_id
-        )
-
     # -- token mode ---------------------------------------------------------------------
 
-    def _feed_token(self, engine: TTSEngine, text: str, context_id: str) -> None:
-        """Append a token to its turn's text stream, opening the stream on the first one."""
-        stream = self._token_streams.get(context_id)
-        if stream is None or stream.closed:
-            stream = TextStream()
-            self._token_streams[context_id] = stream
-            self._held_text[context_id] = HeldText()
-            self._token_tasks[context_id] = self.create_task(
-                self._speak_token_stream(engine, stream, context_id),
-                name=f"tts-stream-{context_id[:8]}",
+    def _feed_token(self, engine: TTSEngine, token: str, context_id: str) -> None:
+        """Append a token to its turn's text, opening the turn (and its speaker) on the first."""
+        turn = self._token_turns.get(context_id)
+        if turn is None or turn.closed:
+            turn = self._token_turns[context_id] = TokenTurn(context_id)
+            turn.task = self.create_task(
+                self._speak_turn(engine, turn), name=f"tts-turn-{context_id[:8]}"
             )
-        stream.put(text)
+        turn.append(token)
 
     async def flush_audio(self, context_id: str | None = None) -> None:
-        """End of the turn's text: close its stream so the engine finishes speaking it."""
+        """End of the turn's text: close it, so the engine speaks the rest and finishes."""
         if context_id is None:
-            for stream in self._token_streams.values():
-                stream.close()
+            for turn in self._token_turns.values():
+                turn.close()
             return
-        stream = self._token_streams.get(context_id)
-        if stream is not None:
-            stream.close()
+        turn = self._token_turns.get(context_id)
+        if turn is not None:
+            turn.close()
 
-    async def _speak_token_stream(
-        self, engine: TTSEngine, stream: TextStream, context_id: str
-    ) -> None:
-        """Speak one turn's text stream into its audio context, then close the context."""
+    async def _speak_turn(self, engine: TTSEngine, turn: TokenTurn) -> None:
+        """Speak one turn's growing text into its audio context, then close the context."""
+        context_id = turn.context_id
         try:
-            if self.streams_text_into_engine:
-                await self._speak_into_context(
-                    engine,
-                    stream,
-                    context_id,
-                    before_audio=lambda offset: self._release_text(context_id, offset),
-                )
-            else:
-                spoken = 0
-                language = self.text_aggregation_language
-                async with aclosing(sentences_from(stream, language)) as sentences:
-                    async for sentence in sentences:
-                        await self._speak_into_context(engine, sentence, context_id)
-                        # Offsets of the turn text are not those of a sentence request:
-                        # release by the characters spoken so far (+1 per separator).
-                        spoken += len(sentence) + 1
-                        await self._release_text(context_id, spoken)
-            # A failed request stops consuming; wait for the end of the turn anyway,
+            frames = self._synthesize_frames(
+                engine,
+                turn.text,
+                context_id,
+                before_audio=lambda offset: self._release_text(turn, offset),
+            )
+            async with aclosing(frames):
+                async for frame in frames:
+                    await self.append_to_audio_context(context_id, frame)
+            # A failed request stops reading; wait for the end of the turn anyway,
             # so the context is not closed before the turn's text frames are queued.
-            await stream.drain()
-            await self._release_text(context_id, None)
+            await turn.text.wait_closed()
+            await self._release_text(turn, None)
             if self.audio_context_available(context_id):
                 await self.remove_audio_context(context_id)
         finally:
-            if self._token_streams.get(context_id) is stream:
-                del self._token_streams[context_id]
-                self._token_tasks.pop(context_id, None)
-                self._held_text.pop(context_id, None)
-            if stream.chars:
-                logger.debug(f"{self}: token stream {context_id[:8]} done ({stream.pieces} pieces)")
-
-    async def _speak_into_context(
-        self,
-        engine: TTSEngine,
-        text: str | AsyncIterable[str],
-        context_id: str,
-        before_audio: Callable[[int], Awaitable[None]] | None = None,
-    ) -> None:
-        frames = self._synthesize_frames(engine, text, context_id, before_audio)
-        async with aclosing(frames):
-            async for frame in frames:
-                await self.append_to_audio_context(context_id, frame)
+            if self._token_turns.get(context_id) is turn:
+                del self._token_turns[context_id]
+            if len(turn.text):
+                logger.debug(f"{self}: turn {context_id[:8]} done ({turn.text.pieces} pieces)")
 
     async def _push_sequencer_frames(self, frames: list[Frame], context_id: str | None) -> None:
         """In TOKEN mode, hold each sentence's ``TTSTextFrame`` until its audio is out.
@@ -558,47 +519,44 @@ class VibeVoiceTTSService(TTSService):
         sentence is complete: before the engine has spoken it. After an interruption the
         context would then hold words the user never heard. Held frames are released
         into the audio context once the engine's audio has moved past their text (by
-        the chunks' text spans) and are dropped with the context on interruption.
+        the chunks' text spans) and are dropped with the turn on interruption.
         Frames queued behind a held one wait too, so their order is kept.
         """
-        held = self._held_text.get(context_id) if context_id else None
-        if held is None:
+        turn = self._token_turns.get(context_id) if context_id else None
+        if turn is None:
             await super()._push_sequencer_frames(frames, context_id)
             return
         passing: list[Frame] = []
         for frame in frames:
-            if isinstance(frame, TTSTextFrame) or held.frames:
-                held.hold(frame)
+            if isinstance(frame, TTSTextFrame) or turn.held.frames:
+                turn.held.hold(frame)
             else:
                 passing.append(frame)
         if passing:
             await super()._push_sequencer_frames(passing, context_id)
 
-    async def _release_text(self, context_id: str, upto: int | None) -> None:
-        """Release held frames whose text ends at or before ``upto`` (all for ``None``)."""
-        held = self._held_text.get(context_id)
-        if held is None:
-            return
-        for frame in held.release(upto):
-            if self.audio_context_available(context_id):
-                await self.append_to_audio_context(context_id, frame)
+    async def _release_text(self, turn: TokenTurn, upto: int | None) -> None:
+        """Release the turn's held frames whose text ends at or before ``upto`` (all: ``None``)."""
+        for frame in turn.held.release(upto):
+            if self.audio_context_available(turn.context_id):
+                await self.append_to_audio_context(turn.context_id, frame)
             else:
                 await self.push_frame(frame)
 
-    async def _cancel_token_stream(self, context_id: str) -> None:
-        self._held_text.pop(context_id, None)  # never spoken: never in the context
-        stream = self._token_streams.pop(context_id, None)
-        task = self._token_tasks.pop(context_id, None)
-        # Cancel first: to the engine a closed stream means "text complete, speak the
-        # rest", so closing before cancelling could start one more sentence.
-        if task is not None and not task.done():
-            await self.cancel_task(task)
-        if stream is not None:
-            stream.close()
+    async def _cancel_token_turn(self, context_id: str) -> None:
+        turn = self._token_turns.pop(context_id, None)
+        if turn is None:
+            return
+        turn.held.drop()  # never spoken: never in the context
+        # Cancel first: to the engine a closed text means "complete, speak the rest",
+        # so closing before cancelling could start one more sentence.
+        if turn.task is not None and not turn.task.done():
+            await self.cancel_task(turn.task)
+        turn.close()
 
-    async def _cancel_token_streams(self) -> None:
-        for context_id in list(self._token_tasks):
-            await self._cancel_token_stream(context_id)
+    async def _cancel_token_turns(self) -> None:
+        for context_id in list(self._token_turns):
+            await self._cancel_token_turn(context_id)
 
     # -- interruption -------------------------------------------------------------------
 
@@ -609,30 +567,18 @@ class VibeVoiceTTSService(TTSService):
         the task running ``run_tts`` and with it the engine's generator.
         """
         self._refused_contexts.discard(context_id)  # interrupted contexts are not counted
-        await self._cancel_token_stream(context_id)
+        await self._cancel_token_turn(context_id)
 
     async def _handle_interruption(self, frame: InterruptionFrame, direction: FrameDirection):
+        """Also stop turns whose audio context the base no longer lists.
+
+        The base calls :meth:`on_audio_context_interrupted` only for the contexts it
+        still holds; one that went quiet for ``stop_frame_timeout_s`` (a slow LLM) is
+        gone from it while its turn is still open. No interruptible turn may keep the
+        model busy; uninterruptible contexts survive the interruption and keep speaking.
+        """
         await super()._handle_interruption(frame, direction)
-        # Safety net: no stream of an interruptible context may keep the model busy.
-        # Uninterruptible contexts survive the interruption and keep speaking.
-        for context_id in list(self._token_tasks):
+        for context_id in list(self._token_turns):
             context = self._tts_contexts.get(context_id)
             if context is None or context.interruptible:
-                await self._cancel_token_stream(context_id)
-
-
-async def _engine_audio(
-    engine: TTSEngine, text: str | AsyncIterable[str], kwargs: dict[str, Any]
-) -> AsyncIterator[tuple[bytes, int | None]]:
-    """PCM chunks of one request with the start of the text span each one speaks.
-
-    ``stream_chunks`` gives spans; an engine without it gives audio only (``None``).
-    """
-    if hasattr(engine, "stream_chunks"):
-        async with aclosing(engine.stream_chunks(text, **kwargs)) as chunks:
-            async for chunk in chunks:
-                yield chunk.pcm, chunk.text_span[0] if chunk.text_span else None
-    else:
-        async with aclosing(engine.synthesize_streaming(text, **kwargs)) as chunks:
-            async for pcm in chunks:
-                yield pcm, None
+                await self._cancel_token_turn(context_id)
