@@ -31,13 +31,13 @@ async def test_slow_client_is_dropped_without_unbounded_buffering(make_server) -
     result = await other.collect(["o1"])
     assert result["o1"].final["type"] == "done"
     await other.ws.close()
-    store = srv.service.store
+    store = srv.serving_state.store
     for _ in range(200):  # the stalled item ends within send_timeout_s of the stall
         await store.flush()
         if store.health()["written"] >= 2:
             break
         await asyncio.sleep(0.05)
-    with sqlite3.connect(srv.service.settings.store_url) as db:
+    with sqlite3.connect(srv.serving_state.settings.store_url) as db:
         row = db.execute(
             "SELECT outcome, error, audio_s FROM syntheses WHERE request_id='slow'"
         ).fetchone()
@@ -47,6 +47,6 @@ async def test_slow_client_is_dropped_without_unbounded_buffering(make_server) -
     # The whole text is ~40 s of speech; the server stopped after a bounded amount
     # (what the socket buffers took) instead of synthesising and queueing all of it.
     assert audio_s < 20.0, audio_s
-    metrics = srv.service.metrics.render().decode()
+    metrics = srv.serving_state.metrics.render().decode()
     assert 'tts_errors_total{reason="slow_client"} 1.0' in metrics
     await stalled.close()

@@ -57,7 +57,7 @@ async def test_cache_hit_streams_identical_audio(make_server) -> None:
     # Settings are part of the key: another speed is a miss.
     started, _ = await _speak(srv, "h3", PHRASE, speed=1.2)
     assert started["cached"] is False
-    stats = srv.service.cache.stats()
+    stats = srv.serving_state.cache.stats()
     assert stats["hits"] == 1 and stats["misses"] == 2 and stats["entries"] == 2
 
 
@@ -70,14 +70,14 @@ async def test_cancelled_synthesis_leaves_no_cache_entry(make_server) -> None:
     await client.send(type="cancel")
     await client.next_event("cancelled")
     await client.ws.close()
-    assert srv.service.cache.stats()["entries"] == 0
+    assert srv.serving_state.cache.stats()["entries"] == 0
     started, result = await _speak(srv, "x2", text)
     assert started["cached"] is False  # synthesised afresh, in full
     assert result.final["type"] == "done" and result.final["audio_s"] > 2.0
     started, again = await _speak(srv, "x3", text)
     assert started["cached"] is True and bytes(again.audio) == bytes(result.audio)
-    assert await srv.service.store.flush()
-    with sqlite3.connect(srv.service.settings.store_url) as db:
+    assert await srv.serving_state.store.flush()
+    with sqlite3.connect(srv.serving_state.settings.store_url) as db:
         outcomes = dict(db.execute("SELECT request_id, outcome FROM syntheses"))
     assert outcomes == {"x1": "cancelled", "x2": "ok", "x3": "ok"}
 
@@ -88,7 +88,7 @@ async def test_cache_is_bounded_and_persists_across_restarts(make_server, tmp_pa
     _, one = await _speak(srv, "p1", PHRASE)
     for n in range(4):  # ~1.5 s each at 48 kB/s: the memory bound evicts old entries
         await _speak(srv, f"f{n}", f"Filler phrase number {n} for the cache.")
-    stats = srv.service.cache.stats()
+    stats = srv.serving_state.cache.stats()
     assert stats["bytes"] <= 200_000 and stats["entries"] < 5
     for _ in range(100):  # files are written just after ``done``
         if len(list(cache_dir.glob("*.pvvc"))) == 5:
@@ -110,7 +110,7 @@ async def test_store_rows_describe_each_synthesis(make_server, tmp_path: Path) -
     await client.send(type="speak", id="r3", text="Voice nobody.", voice="nobody")
     await client.collect(["r3"])
     await client.ws.close()
-    assert await srv.service.store.flush()
+    assert await srv.serving_state.store.flush()
     with sqlite3.connect(tmp_path / "tts.sqlite3") as db:
         db.row_factory = sqlite3.Row
         rows = {r["request_id"]: dict(r) for r in db.execute("SELECT * FROM syntheses")}
@@ -135,8 +135,8 @@ async def test_failing_disk_is_logged_and_audio_still_flows(make_server, tmp_pat
     for n in range(2):
         _, result = await _speak(srv, f"d{n}", f"The disk is broken, number {n}.")
         assert result.final["type"] == "done"
-    await srv.service.store.flush()
-    health = srv.service.health()["store"]
+    await srv.serving_state.store.flush()
+    health = srv.serving_state.health()["store"]
     assert health["status"] == "failing" and health["failed"] == 2 and health["written"] == 0
     status, body = _get(srv.http + "/health")
     assert status == 200 and json.loads(body)["status"] == "degraded"

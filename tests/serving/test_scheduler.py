@@ -8,12 +8,12 @@ import threading
 
 import pytest
 
-from pipecat_vibevoice.serving.scheduler import DEADLINE, DeadlineExecutor
+from pipecat_vibevoice.serving.scheduler import DeadlineExecutor, set_pull_deadline
 
 
 def _submit(executor: DeadlineExecutor, deadline: float | None, fn, *args):
     ctx = contextvars.copy_context()
-    ctx.run(DEADLINE.set, deadline)
+    ctx.run(set_pull_deadline, deadline)
     return ctx.run(executor.submit, fn, *args)
 
 
@@ -57,7 +57,7 @@ async def test_run_in_executor_reads_the_task_deadline() -> None:
     order: list[int] = []
 
     async def pull(n: int, deadline: float) -> None:
-        DEADLINE.set(deadline)  # what a serving session does before pulling a chunk
+        set_pull_deadline(deadline)  # what a serving stream does before pulling a chunk
         await loop.run_in_executor(executor, order.append, n)
 
     tasks = [asyncio.create_task(pull(n, d)) for n, d in [(1, 3.0), (2, 1.0), (3, 2.0)]]

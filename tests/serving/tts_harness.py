@@ -64,8 +64,14 @@ class ServerThread:
         self.thread.join(15)
 
     @property
+    def serving_state(self) -> Any:
+        """The app's :class:`~pipecat_vibevoice.serving.state.ServingState`."""
+        return self.app.state.serving_state
+
+    @property
     def service(self) -> Any:
-        return self.app.state.tts_service
+        """Same as :attr:`serving_state` (the name the reliability tests use)."""
+        return self.serving_state
 
 
 def settings_for(tmp: Path, **overrides: Any) -> ServingSettings:

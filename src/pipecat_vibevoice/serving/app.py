@@ -53,10 +53,11 @@ def create_app(
 
     @app.get("/health")
     async def health(request: Request) -> JSONResponse:
-        service = router.tts_service  # type: ignore[attr-defined]
+        state = router.serving_state  # type: ignore[attr-defined]
         body: dict[str, Any] = {"status": "starting", "serving": serving_health(request.app.state)}
-        if service._engine is not None:
-            engine_health = await service._engine.health_check()
+        engine = state.loaded_engine
+        if engine is not None:
+            engine_health = await engine.health_check()
             body["engine"] = engine_health
             if engine_health.get("status") in ("ok", "degraded"):
                 body["status"] = "ok"

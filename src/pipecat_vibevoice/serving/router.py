@@ -3,7 +3,7 @@
 :func:`create_tts_router` returns an ``APIRouter`` with its own lifespan (store
 opened, engine warmed, store flushed at shutdown); FastAPI merges router lifespans
 into the app's, so including the router is all a host app has to do. The
-:class:`~.service.TTSService` is kept on ``app.state.tts_service`` for ``/health``.
+:class:`~.state.ServingState` is kept on ``app.state.serving_state`` for ``/health``.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from fastapi import APIRouter, FastAPI, Response, WebSocket
 from loguru import logger
 
 from ..engine import TTSConfig, TTSEngine
+from .connection import TTSConnection
 from .limits import origin_allowed, token_ok
 from .metrics import CONTENT_TYPE
 from .protocol import event
-from .session import TTSSession
 from .settings import ServingSettings
-from .state import TTSService
+from .state import ServingState
 
 #: Close codes: policy violation (auth, origin) and "try again later" (busy).
 CLOSE_POLICY = 1008
@@ -46,36 +46,36 @@ def create_tts_router(
 
     """
     settings = settings or ServingSettings.from_env()
-    service = TTSService(settings, tts_config, engine)
+    state = ServingState(settings, tts_config, engine)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.tts_service = service
-        await service.start(app.state, warm=warm)
+        app.state.serving_state = state
+        await state.start(app.state, warm=warm)
         try:
             yield
         finally:
-            await service.close()
+            await state.close()
 
     router = APIRouter(lifespan=lifespan)
-    router.tts_service = service  # type: ignore[attr-defined]  # for tests and health
+    router.serving_state = state  # type: ignore[attr-defined]  # for tests and health
 
     @router.get("/metrics")
     async def metrics() -> Response:
-        return Response(service.metrics.render(), media_type=CONTENT_TYPE)
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE)
 
     @router.websocket("/v1/tts/stream")
     async def stream(websocket: WebSocket) -> None:
-        await serve_connection(websocket, service)
+        await serve_connection(websocket, state)
 
     return router
 
 
 async def _refuse(
-    websocket: WebSocket, service: TTSService, reason: str, message: str, code: int
+    websocket: WebSocket, state: ServingState, reason: str, message: str, code: int
 ) -> None:
     """Accept, say why in an ``error`` event, close: a browser sees the reason too."""
-    service.metrics.errors.labels(reason).inc()
+    state.metrics.errors.labels(reason).inc()
     logger.info(f"TTS socket refused ({reason}) from {websocket.client}")
     await websocket.accept()
     try:
@@ -85,14 +85,14 @@ async def _refuse(
         pass
 
 
-async def serve_connection(websocket: WebSocket, service: TTSService) -> None:
-    """Check access and capacity, then run a :class:`TTSSession`."""
-    settings = service.settings
+async def serve_connection(websocket: WebSocket, state: ServingState) -> None:
+    """Check access and capacity, then run a :class:`~.connection.TTSConnection`."""
+    settings = state.settings
     headers = websocket.headers
     if not origin_allowed(headers.get("origin"), headers.get("host"), settings.origins):
         await _refuse(
             websocket,
-            service,
+            state,
             "forbidden_origin",
             f"origin {headers.get('origin')!r} is not allowed",
             CLOSE_POLICY,
@@ -102,42 +102,40 @@ async def serve_connection(websocket: WebSocket, service: TTSService) -> None:
         settings.token, headers.get("authorization"), websocket.scope.get("query_string", b"")
     ):
         await _refuse(
-            websocket, service, "unauthorized", "a valid bearer token is required", CLOSE_POLICY
+            websocket, state, "unauthorized", "a valid bearer token is required", CLOSE_POLICY
         )
         return
-    if not service.connections.try_acquire():
+    if not state.connections.try_acquire():
         await _refuse(
             websocket,
-            service,
+            state,
             "busy",
             f"the server is at its limit of {settings.max_connections} connections; retry shortly",
             CLOSE_TRY_LATER,
         )
         return
-    service.metrics.active_sessions.inc()
+    state.metrics.active_sessions.inc()
     try:
         try:
-            engine = await service.engine(websocket.app.state)
+            engine = await state.engine(websocket.app.state)
         except Exception as exc:
-            await _refuse(
-                websocket, service, "engine_unavailable", f"TTS engine failed: {exc}", 1011
-            )
+            await _refuse(websocket, state, "engine_unavailable", f"TTS engine failed: {exc}", 1011)
             return
         await websocket.accept()
-        session = TTSSession(websocket, service, engine)
-        session.log.info(f"TTS session opened from {websocket.client}")
+        connection = TTSConnection(websocket, state, engine)
+        connection.log.info(f"TTS session opened from {websocket.client}")
         try:
-            await session.run()
+            await connection.run()
         except Exception as exc:  # ClientGone during the greeting, or a bug: never the server
-            session.log.info(f"TTS session ended: {exc!r}")
+            connection.log.info(f"TTS session ended: {exc!r}")
         finally:
-            session.log.info("TTS session closed")
+            connection.log.info("TTS session closed")
     finally:
-        service.connections.release()
-        service.metrics.active_sessions.dec()
+        state.connections.release()
+        state.metrics.active_sessions.dec()
 
 
 def serving_health(app_state: Any) -> dict[str, Any] | None:
     """The serving part of ``/health`` (None when the app has no TTS router)."""
-    service = getattr(app_state, "tts_service", None)
-    return service.health() if isinstance(service, TTSService) else None
+    state = getattr(app_state, "serving_state", None)
+    return state.health() if isinstance(state, ServingState) else None

@@ -13,10 +13,12 @@ queued call whose stream runs dry first:
 * callers that set no deadline (the voice bot's own pipelines) get "now", i.e. they
   are served in arrival order among themselves and ahead of streams with audio in hand.
 
-The deadline travels in a context variable: the serving session sets it before it
-pulls the next chunk, and the engine's ``run_in_executor`` call (made in the same
-task) submits here, where it is read. Only calls that do model work wait; chunks the
-engine already has are handed over without touching the pool.
+The deadline reaches the pool through a context variable, a channel no import shows, so
+both ends are named here: the serving stream calls :func:`set_pull_deadline` right
+before it pulls its next chunk (:meth:`.stream.UtteranceStream.synthesize`), and
+:meth:`DeadlineExecutor.submit` reads it when the engine's ``run_in_executor`` call,
+made in that same task, queues the model work. Only calls that do model work wait;
+chunks the engine already has are handed over without touching the pool.
 """
 
 from __future__ import annotations
@@ -38,10 +40,26 @@ if TYPE_CHECKING:
 #: How long a new utterance may yield to streams that are about to run dry.
 FIRST_CHUNK_SLACK_S = 0.1
 
-#: ``time.perf_counter()`` by which the calling stream needs its next chunk.
-DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+#: ``time.perf_counter()`` by which the calling stream needs its next chunk. Written only
+#: by :func:`set_pull_deadline`, read only by :meth:`DeadlineExecutor.submit`.
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "tts_deadline", default=None
 )
+
+
+def set_pull_deadline(deadline: float | None) -> None:
+    """Tell the engine pool when the calling task's listener runs out of audio.
+
+    The serving stream (:meth:`.stream.UtteranceStream.synthesize`) calls this in the
+    task that pulls the engine's chunks, right before each pull. The reader is
+    :meth:`DeadlineExecutor.submit`: pulling a chunk that needs model work makes the
+    engine call ``loop.run_in_executor(pool, ...)`` (``engine/workers.py``) from that same
+    task, and ``run_in_executor`` calls ``submit`` synchronously in the caller's context,
+    so the value set here orders that call. A pull run as a task of its own (the start-up
+    buffer's timed pull) copies the context when it is created: set the deadline first.
+    ``None`` means "now" (what callers that never set one get).
+    """
+    _DEADLINE.set(deadline)
 
 
 class DeadlineExecutor(Executor):
@@ -67,8 +85,13 @@ class DeadlineExecutor(Executor):
             return len(self._queue)
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
-        """Queue ``fn`` under the caller's :data:`DEADLINE` (now if unset)."""
-        deadline = DEADLINE.get()
+        """Queue ``fn`` under the caller's deadline (now if unset).
+
+        The deadline is what the calling task last passed to :func:`set_pull_deadline`
+        (the serving stream, before each pull); ``run_in_executor`` calls this method
+        synchronously in the caller's context, which is how it arrives here.
+        """
+        deadline = _DEADLINE.get()
         if deadline is None:
             deadline = time.perf_counter()
         future: Future = Future()

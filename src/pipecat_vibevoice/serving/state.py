@@ -1,8 +1,10 @@
-"""Process-wide state of the TTS serving API: engine, cache, store, metrics, slots.
+"""What every connection of one TTS serving app shares: engine, cache, store, metrics, slots.
 
-One :class:`TTSService` per router; every connection shares it, and with it the one
-engine instance (:func:`~pipecat_vibevoice.engine.get_tts_engine`, or the engine the
-host app already loaded), so concurrent clients never load a second model.
+One :class:`ServingState` per router. (It was once called ``TTSService``, the name of
+Pipecat's pipeline stage; this is no stage, it is the state the connections share.)
+Every connection uses the one engine it holds
+(:func:`~pipecat_vibevoice.engine.get_tts_engine`, or the engine the host app already
+loaded), so concurrent clients never load a second model.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from .settings import ServingSettings
 from .store import NullStore, SynthesisStore, open_store
 
 
-class TTSService:
+class ServingState:
     """Shared by every ``/v1/tts/stream`` connection of one app."""
 
     def __init__(
@@ -71,6 +73,11 @@ class TTSService:
             await asyncio.to_thread(self.cache.close)
             await self.store.close()
             self.started = False
+
+    @property
+    def loaded_engine(self) -> TTSEngine | None:
+        """The shared engine once :meth:`engine` has loaded or adopted it, else None."""
+        return self._engine
 
     async def engine(self, app_state: Any = None) -> TTSEngine:
         """The shared engine: the host app's if it has one, else the process-wide one."""
