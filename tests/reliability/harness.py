@@ -153,7 +153,7 @@ async def start_all_workers(engine: TTSEngine) -> None:
     a count taken after one warm stream can grow by a worker later without any leak.
     Blocking jobs on every worker at once leave it at its full, final size.
     """
-    executor = engine._executor
+    executor = engine.executor
     assert executor is not None, "initialise the engine first"
     loop = asyncio.get_running_loop()
     jobs = [loop.run_in_executor(executor, time.sleep, 0.1) for _ in range(executor._max_workers)]

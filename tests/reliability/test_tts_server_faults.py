@@ -128,8 +128,8 @@ async def test_engine_error_mid_stream_reaches_the_client_and_the_next_utterance
     assert health["failures"] == failures_before + 1 and health["status"] == "ok"
     status, body = _get_json(server.http + "/health")
     assert status == 200 and body["status"] == "ok"
-    assert await server.service.store.flush()
-    store = server.service.store.health()
+    assert await server.serving_state.store.flush()
+    store = server.serving_state.store.health()
     assert store["status"] == "ok" and store["failed"] == 0
 
 
@@ -138,7 +138,7 @@ async def _store_fault_run(server, n: int) -> list[dict]:
     with captured_logs("ERROR") as records:
         for k in range(n):
             assert await _speak_ok(server.url, f"d{k}", f"Row number {k} cannot be stored.") > 0
-            await server.service.store.flush()
+            await server.serving_state.store.flush()
     return [r for r in records if "synthesis store" in r["message"]]
 
 
@@ -150,7 +150,7 @@ async def test_store_directory_that_is_a_file_audio_flows_and_logged_once(tmp_pa
     try:
         errors = await _store_fault_run(server, 4)
         assert len(errors) == 1, errors
-        store = server.service.store.health()
+        store = server.serving_state.store.health()
         assert store["status"] == "failing" and store["failed"] == 4 and store["written"] == 0
         status, body = _get_json(server.http + "/health")
         assert status == 200 and body["status"] == "degraded"
@@ -196,7 +196,7 @@ async def test_store_in_a_read_only_directory_audio_flows_and_logged_once(tmp_pa
         try:
             errors = await _store_fault_run(server, 3)
             assert len(errors) == 1, errors
-            store = server.service.store.health()
+            store = server.serving_state.store.health()
             assert store["status"] == "failing" and store["written"] == 0
             assert store["failed"] == 3
         finally:

@@ -68,12 +68,6 @@ class ServerThread:
         """The app's :class:`~pipecat_vibevoice.serving.state.ServingState`."""
         return self.app.state.serving_state
 
-    @property
-    def service(self) -> Any:
-        """Same as :attr:`serving_state` (the name the reliability tests use)."""
-        return self.serving_state
-
-
 def settings_for(tmp: Path, **overrides: Any) -> ServingSettings:
     """Test settings: store in ``tmp``, generous rate limit unless overridden."""
     values: dict[str, Any] = {
