@@ -20,8 +20,10 @@ from pipecat_vibevoice.clients.voice_client import PlaybackModel
 from pipecat_vibevoice.pipeline import BotConfig, BotConfigError, reply_to
 from pipecat_vibevoice.pipeline.frames import (
     ClientProtocolErrorFrame,
+    PlaybackControlFrame,
     ProbableSpeechEndFrame,
     SpeechOnsetFrame,
+    message_kind,
 )
 from pipecat_vibevoice.pipeline.responder import last_user_text
 from pipecat_vibevoice.pipeline.transcriber import looks_looped
@@ -161,8 +163,13 @@ async def test_speech_gate_flushes_itself_when_speech_resumes_an_open_turn(speec
     audio = np.concatenate([np.zeros(8000, np.int16), speech["question"]])
     gate, frames = _gate_and_frames(audio)
     down, _ = await run_test(gate, frames_to_send=[UserStartedSpeakingFrame(), *frames])
-    types = [f.message["type"] for f in down if isinstance(f, OutputTransportMessageUrgentFrame)]
+    types = [
+        message_kind(f.message) for f in down if isinstance(f, OutputTransportMessageUrgentFrame)
+    ]
     assert types[:2] == ["playback-pause", "playback-flush"]
+    # The output transport is told to drop what it holds (no interruption will come).
+    controls = [f.action for f in down if isinstance(f, PlaybackControlFrame)]
+    assert controls == ["drop"]  # no hold: the bot was not speaking
 
 
 @pytest.mark.timeout(60)
@@ -191,8 +198,9 @@ async def test_speech_gate_pauses_early_and_announces_speech(speech):
     assert ProbableSpeechEndFrame in kinds[started:]
     assert VADUserStoppedSpeakingFrame in kinds[started:]
     messages = [f.message for f in down if isinstance(f, OutputTransportMessageUrgentFrame)]
-    types = [m["type"] for m in messages]
+    types = [message_kind(m) for m in messages]
     assert types[0] == "playback-pause"
+    assert all(m["label"] == "rtvi-ai" for m in messages)  # the official SDK surfaces them
     # No user turn was open: Pipecat's interruption flushes, the gate stays quiet.
     assert "playback-flush" not in types and "playback-resume" not in types
     assert any(m["type"] == "error" and "44100" in m["data"]["error"] for m in messages)

@@ -26,8 +26,9 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., ServerThread]]:
     """Start servers with special settings; all stopped after the test."""
     started: list[ServerThread] = []
 
-    def make(sndbuf: int | None = None, **overrides: Any) -> ServerThread:
-        app = create_app(settings_for(tmp_path, **overrides), PIPER)
+    def make(sndbuf: int | None = None, allowed_origins: str = "", **overrides: Any) -> ServerThread:
+        settings = settings_for(tmp_path, **overrides)
+        app = create_app(settings, PIPER, allowed_origins=allowed_origins)
         srv = ServerThread(app, sndbuf=sndbuf).start()
         started.append(srv)
         return srv

@@ -213,13 +213,34 @@ class ClientEvents:
     interruptions: list[float] = field(default_factory=list)
     errors: list[tuple[float, str]] = field(default_factory=list)
     audio_frames: int = 0
+    #: (arrival time, seconds of bot audio queued in the player right after it).
+    audio_arrivals: list[tuple[float, float]] = field(default_factory=list)
 
 
 class VoiceClient:
     """Websocket voice client with a real-time microphone and player (see module doc)."""
 
-    def __init__(self, url: str, *, out_rate: int = 24000, jitter_secs: float = 0.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        out_rate: int = 24000,
+        jitter_secs: float = 0.0,
+        custom_messages: bool = True,
+    ) -> None:
+        """Create the client.
+
+        Args:
+            url: The bot's ``ws://…/ws``.
+            out_rate: Sample rate of the bot's audio.
+            jitter_secs: Delay before the player starts a chunk that finds it idle.
+            custom_messages: Obey our ``playback-pause``/``-resume``/``-flush`` messages.
+                False plays like a client that knows only Pipecat's standard frames
+                (it flushes on ``interruption`` only), e.g. Pipecat's own clients.
+
+        """
         self.url = url
+        self.custom_messages = custom_messages
         self.player = PlaybackModel(out_rate, jitter_secs)
         self.events = ClientEvents()
         self._ws: Any = None
@@ -335,6 +356,7 @@ class VoiceClient:
                 if kind == "audio":
                     self.events.audio_frames += 1
                     self.player.feed(frame.audio.audio, now)
+                    self.events.audio_arrivals.append((now, self.player.queued_seconds(now)))
                 elif kind == "interruption":
                     self.events.interruptions.append(now)
                     self.player.flush(now)
@@ -351,8 +373,12 @@ class VoiceClient:
 
     def _on_message(self, msg: dict, now: float) -> None:
         self.events.messages.append((now, msg))
-        kind = msg.get("type")
         data = msg.get("data") or {}
+        kind = msg.get("type")
+        if kind == "server-message":  # ours: data.type says which
+            kind = data.get("type")
+            if not self.custom_messages:
+                return
         if kind == "playback-pause":
             self.player.pause(now)
         elif kind == "playback-resume":

@@ -4,18 +4,20 @@ Pipecat's VAD frames only tell confirmed speech (after ``start_secs``) and confi
 silence (after ``stop_secs``). Fast barge-in and early transcription need the raw
 signal in between, so the speech gate also emits the frames below. They are system
 frames: they overtake queued audio and text.
+
+Messages to the client are RTVI messages, so Pipecat's official client SDKs hand them to
+app code: ours are RTVI ``server-message`` s (``onServerMessage``), errors RTVI ``error``
+s (``onError``).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from pipecat.frames.frames import SystemFrame
-
-#: ``label`` of every JSON message this stack sends to clients (RTVI uses ``rtvi-ai``).
-MESSAGE_LABEL = "pipecat-vibevoice"
+from pipecat.processors.frameworks.rtvi.models import Error, ErrorData, ServerMessage
 
 
 @dataclass
@@ -46,6 +48,30 @@ class ClientProtocolErrorFrame(SystemFrame):
     error: str = ""
 
 
+@dataclass
+class PlaybackControlFrame(SystemFrame):
+    """What the output transport does with the bot's audio it has not sent yet.
+
+    ``hold``: stop sending now and keep it (the user may be starting to speak);
+    ``release``: send it on (it was not speech); ``drop``: discard it (it was, and no
+    interruption will come to do so).
+    """
+
+    action: Literal["hold", "release", "drop"] = "hold"
+
+
 def client_message(kind: str, **data: Any) -> dict[str, Any]:
-    """JSON message for the client, carried in a protobuf ``message`` frame."""
-    return {"label": MESSAGE_LABEL, "type": kind, "data": data}
+    """An RTVI ``server-message`` of ours: ``data.type`` says which (``playback-pause``...)."""
+    return ServerMessage(data={"type": kind, **data}).model_dump()
+
+
+def client_error(error: str) -> dict[str, Any]:
+    """An RTVI ``error`` (not fatal: the session goes on)."""
+    return Error(data=ErrorData(error=error, fatal=False)).model_dump()
+
+
+def message_kind(message: dict[str, Any]) -> str | None:
+    """Which of our messages an RTVI message is (``data.type`` of a server-message)."""
+    if message.get("type") == "server-message":
+        return (message.get("data") or {}).get("type")
+    return message.get("type")

@@ -5,11 +5,14 @@ Confirmed speech still follows Pipecat's rules (``confidence``/``start_secs``/
 strategies, the interruption and RTVI work unchanged. On top of that, the gate
 watches the raw per-window confidence:
 
-* a couple of windows over ``onset_confidence`` → tell the client to *pause*
-  playback now (~70 ms after the user starts) rather than wait ~200 ms+ for the
-  confirmed interruption; if the pause is not confirmed as speech within
-  ``pause_timeout_secs`` the client is told to resume, so a cough costs a hiccup,
-  not the bot's answer;
+* a couple of windows over ``onset_confidence`` while the bot is audible → the output
+  transport *holds* the bot's audio now (:class:`PlaybackControlFrame`; ~70 ms after
+  the user starts) rather than wait ~200 ms+ for the confirmed interruption, so any
+  client falls silent within the little audio it has buffered; a client that knows our
+  ``playback-pause`` message pauses even that. If the onset is not confirmed as speech
+  within ``pause_timeout_secs`` the held audio goes out (and the client is told to
+  resume), so a cough costs a hiccup, not the bot's answer; confirmed, the interruption
+  discards it;
 * a couple of quiet windows after speech → :class:`ProbableSpeechEndFrame`, which
   lets the recognizer start the final transcript before ``stop_secs`` has passed.
 """
@@ -42,9 +45,11 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from .frames import (
     ClientProtocolErrorFrame,
+    PlaybackControlFrame,
     ProbableSpeechEndFrame,
     SpeechOnsetFrame,
     SpeechResumedFrame,
+    client_error,
     client_message,
 )
 
@@ -136,7 +141,7 @@ class SpeechGate(FrameProcessor):
         """Forward every frame, then run the VAD on user audio."""
         await super().process_frame(frame, direction)
         if isinstance(frame, ClientProtocolErrorFrame):
-            await self._send_client(client_message("error", error=frame.error))
+            await self._send_client(client_error(frame.error))
             return
         if isinstance(frame, InputAudioRawFrame):
             if frame.sample_rate != self._expected_rate or frame.num_channels != 1:
@@ -168,7 +173,7 @@ class SpeechGate(FrameProcessor):
                 f"{frame.sample_rate} Hz, {frame.num_channels} channel(s): dropped"
             )
             logger.warning(f"{self}: {error}")
-            await self._send_client(client_message("error", error=error))
+            await self._send_client(client_error(error))
 
     async def _analyze(self, frame: InputAudioRawFrame) -> None:
         """Run the VAD over one frame: raw-window signals first, then Pipecat's state."""
@@ -198,6 +203,7 @@ class SpeechGate(FrameProcessor):
                 # the gate says it itself.
                 self._paused_at = None
                 if self._user_turn_open:
+                    await self.push_frame(PlaybackControlFrame("drop"))
                     await self._send_client(client_message("playback-flush"))
             await self.broadcast_frame(
                 VADUserStartedSpeakingFrame, start_secs=self._analyzer.params.start_secs
@@ -220,6 +226,7 @@ class SpeechGate(FrameProcessor):
             self._paused_at = None
             self.false_pauses += 1
             logger.debug(f"{self}: onset not confirmed as speech, resuming playback")
+            await self.push_frame(PlaybackControlFrame("release"))
             await self._send_client(client_message("playback-resume"))
 
     async def _on_window(self, confidence: float, now: float) -> None:
@@ -239,6 +246,8 @@ class SpeechGate(FrameProcessor):
             if self._paused_at is None and self._state != VADState.SPEAKING:
                 self._paused_at = now
                 self.pauses += 1
+                if self._bot_speaking:
+                    await self.push_frame(PlaybackControlFrame("hold"))
                 await self._send_client(
                     client_message("playback-pause", bot_speaking=self._bot_speaking)
                 )

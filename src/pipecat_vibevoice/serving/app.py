@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse
 
 from ..engine import TTSConfig, TTSEngine
 from ..settings_base import EnvSettings
+from ..web_access import AccessPolicy
 from .router import create_tts_router, serving_health
 from .settings import ServingSettings
 
@@ -38,6 +39,13 @@ class TTSServerSettings(EnvSettings):
     log_level: Literal["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"] = field(
         default="INFO", metadata={"help": "log level"}
     )
+    allowed_origins: str = field(
+        default="",
+        metadata={
+            "help": "browser origins allowed beyond this server's own, comma-separated "
+            "('*' = any; clients that send no Origin are not browsers and always pass)"
+        },
+    )
 
 
 def create_app(
@@ -45,9 +53,12 @@ def create_app(
     tts_config: TTSConfig | None = None,
     *,
     engine: TTSEngine | None = None,
+    allowed_origins: str = "",
 ) -> FastAPI:
     """The standalone TTS app; the engine loads (or is adopted) at start-up."""
-    router = create_tts_router(settings, tts_config=tts_config, engine=engine)
+    settings = settings or ServingSettings.from_env()
+    access = AccessPolicy.from_settings(allowed_origins, settings.token)
+    router = create_tts_router(settings, tts_config=tts_config, engine=engine, access=access)
     app = FastAPI(title="pipecat-vibevoice TTS", lifespan=None)
     app.include_router(router)
 
@@ -98,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     uvicorn.run(
-        create_app(settings, tts_config),
+        create_app(settings, tts_config, allowed_origins=server.allowed_origins),
         host=server.host,
         port=server.port,
         log_level="warning",

@@ -1,4 +1,4 @@
-"""Admission, rate limiting and access checks for the TTS socket.
+"""Admission and rate limiting for the TTS socket (access checks: ``web_access``).
 
 All of these answer immediately: a full server says ``busy`` instead of letting every
 connection slow down together, and a refused client learns why from a reason code.
@@ -7,9 +7,7 @@ connection slow down together, and a refused client learns why from a reason cod
 from __future__ import annotations
 
 import asyncio
-import hmac
 import time
-from urllib.parse import parse_qs, urlsplit
 
 
 class TokenBucket:
@@ -75,40 +73,3 @@ class SlotPool:
         self.in_use = max(0, self.in_use - 1)
         if self._freed is not None:
             self._freed.set()
-
-
-def origin_allowed(origin: str | None, host: str | None, allowed: frozenset[str]) -> bool:
-    """Decide whether a websocket from ``origin`` is acceptable.
-
-    No ``Origin`` header means a non-browser client (no cross-site risk); a browser page
-    served by this same host is allowed; anything else must be on the allow-list
-    (``*`` allows every origin).
-    """
-    if not origin:
-        return True
-    normal = origin.strip().rstrip("/").lower()
-    if "*" in allowed or normal in allowed:
-        return True
-    if host:
-        netloc = urlsplit(normal).netloc
-        if netloc and netloc == host.strip().lower():
-            return True
-    return False
-
-
-def token_ok(expected: str, authorization: str | None, query_string: bytes | str) -> bool:
-    """Check a bearer token from the header or the ``token`` query parameter.
-
-    Browsers cannot set headers on a websocket, hence the query fallback. The
-    comparison is constant-time.
-    """
-    if not expected:
-        return True
-    given = ""
-    if authorization and authorization.lower().startswith("bearer "):
-        given = authorization[7:].strip()
-    if not given:
-        if isinstance(query_string, bytes):
-            query_string = query_string.decode("latin-1")
-        given = (parse_qs(query_string).get("token") or [""])[0]
-    return bool(given) and hmac.compare_digest(given.encode(), expected.encode())

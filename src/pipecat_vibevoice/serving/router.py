@@ -16,8 +16,8 @@ from fastapi import APIRouter, FastAPI, Response, WebSocket
 from loguru import logger
 
 from ..engine import TTSConfig, TTSEngine
+from ..web_access import AccessPolicy
 from .connection import TTSConnection
-from .limits import origin_allowed, token_ok
 from .metrics import CONTENT_TYPE
 from .protocol import event
 from .settings import ServingSettings
@@ -33,6 +33,7 @@ def create_tts_router(
     *,
     tts_config: TTSConfig | None = None,
     engine: TTSEngine | None = None,
+    access: AccessPolicy | None = None,
     warm: bool = True,
 ) -> APIRouter:
     """Routes of the TTS service, sharing one engine with the host app.
@@ -42,11 +43,14 @@ def create_tts_router(
         tts_config: Engine config when no engine is running yet (else the app's
             ``state.settings.tts``, else the environment).
         engine: An engine to use instead of the process-wide one (tests, embedding).
+        access: Who may connect (origins, token); the host app's policy, so every socket
+            of one server follows one rule (``web_access``). Default: same-host browser
+            pages, non-browser clients, and ``settings.token``.
         warm: Load the engine at start-up rather than on the first connection.
 
     """
     settings = settings or ServingSettings.from_env()
-    state = ServingState(settings, tts_config, engine)
+    state = ServingState(settings, tts_config, engine, access)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -88,22 +92,9 @@ async def _refuse(
 async def serve_connection(websocket: WebSocket, state: ServingState) -> None:
     """Check access and capacity, then run a :class:`~.connection.TTSConnection`."""
     settings = state.settings
-    headers = websocket.headers
-    if not origin_allowed(headers.get("origin"), headers.get("host"), settings.origins):
-        await _refuse(
-            websocket,
-            state,
-            "forbidden_origin",
-            f"origin {headers.get('origin')!r} is not allowed",
-            CLOSE_POLICY,
-        )
-        return
-    if not token_ok(
-        settings.token, headers.get("authorization"), websocket.scope.get("query_string", b"")
-    ):
-        await _refuse(
-            websocket, state, "unauthorized", "a valid bearer token is required", CLOSE_POLICY
-        )
+    refusal = state.access.check(websocket.headers, websocket.scope.get("query_string", b""))
+    if refusal is not None:
+        await _refuse(websocket, state, refusal.reason, refusal.message, CLOSE_POLICY)
         return
     if not state.connections.try_acquire():
         await _refuse(

@@ -53,9 +53,6 @@ class ServingSettings(EnvSettings):
         rate_limit_burst: Bucket size (messages accepted back to back).
         open_idle_s: An open utterance (``final: false``) that gets no text for this long
             is flushed, so an idle client cannot hold a synthesis slot.
-        allowed_origins: Comma-separated browser origins allowed to connect; ``*`` allows
-            any. Clients sending no ``Origin`` (non-browser) and same-host origins are
-            always allowed.
         token: Bearer token the websocket requires (``Authorization: Bearer`` header or
             ``?token=`` query); empty = no authentication.
         send_timeout_s: A client that takes longer than this to accept one frame is
@@ -112,9 +109,6 @@ class ServingSettings(EnvSettings):
     rate_limit_burst: int = field(default=200, metadata={"help": "messages accepted back to back"})
     open_idle_s: float = field(
         default=15.0, metadata={"help": "flush an open utterance after this long without text"}
-    )
-    allowed_origins: str = field(
-        default="", metadata={"help": "comma-separated browser origins allowed ('*' = any)"}
     )
     token: str = field(
         default="", metadata={"help": "bearer token required on the TTS socket (empty = none)"}
@@ -174,13 +168,6 @@ class ServingSettings(EnvSettings):
             raise SettingsError(f"send_timeout_s must be > 0, got {self.send_timeout_s}")
         if self.store_queue < 1:
             raise SettingsError(f"store_queue must be >= 1, got {self.store_queue}")
-
-    @property
-    def origins(self) -> frozenset[str]:
-        """The allow-list as a set of normalised origins (scheme://host[:port])."""
-        return frozenset(
-            o.strip().rstrip("/").lower() for o in self.allowed_origins.split(",") if o.strip()
-        )
 
     def to_dict(self, redact: bool = True) -> dict[str, Any]:
         """Plain dict for logs and ``/health`` (the token is never shown)."""

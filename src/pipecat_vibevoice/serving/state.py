@@ -1,8 +1,6 @@
 """What every connection of one TTS serving app shares: engine, cache, store, metrics, slots.
 
-One :class:`ServingState` per router. (It was once called ``TTSService``, the name of
-Pipecat's pipeline stage; this is no stage, it is the state the connections share.)
-Every connection uses the one engine it holds
+One :class:`ServingState` per router. Every connection uses the one engine it holds
 (:func:`~pipecat_vibevoice.engine.get_tts_engine`, or the engine the host app already
 loaded), so concurrent clients never load a second model.
 """
@@ -15,6 +13,7 @@ from typing import Any
 from loguru import logger
 
 from ..engine import TTSConfig, TTSEngine, get_tts_engine
+from ..web_access import AccessPolicy
 from .cache import ResponseCache
 from .limits import SlotPool
 from .metrics import ServingMetrics
@@ -31,8 +30,12 @@ class ServingState:
         settings: ServingSettings,
         tts_config: TTSConfig | None = None,
         engine: TTSEngine | None = None,
+        access: AccessPolicy | None = None,
     ) -> None:
         self.settings = settings
+        #: Who may connect: the host app's policy (the bot's), else same-host browsers
+        #: and non-browser clients, with the serving token.
+        self.access = access or AccessPolicy(token=settings.token)
         self.tts_config = tts_config
         self._engine = engine
         self._engine_lock = asyncio.Lock()

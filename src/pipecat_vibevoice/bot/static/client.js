@@ -129,7 +129,9 @@ function onPlayerReport(report) {
 function onMessage(msg) {
   if (!msg || typeof msg !== "object") return;
   const data = msg.data || {};
-  switch (msg.type) {
+  // Our own messages are RTVI server-messages; data.type says which.
+  const kind = msg.type === "server-message" ? data.type : msg.type;
+  switch (kind) {
     case "playback-pause": playerCommand("pause"); break;
     case "playback-resume": playerCommand("resume"); break;
     case "playback-flush": playerCommand("flush"); break;
