@@ -9,6 +9,8 @@ Extending it: add a router factory to :data:`ROUTER_FACTORIES` (or pass
   Whisper transcriber, Silero and smart-turn sessions), loaded once at start-up
 * ``state.engine`` — the TTS engine (same as ``state.models.tts``)
 * ``state.sessions`` — :class:`~.session.SessionRegistry`
+* ``state.access`` — the :class:`~pipecat_vibevoice.web_access.AccessPolicy` every socket
+  of the app follows (origins, token)
 """
 
 from __future__ import annotations
@@ -22,12 +24,14 @@ from loguru import logger
 
 from ..pipeline.models import SharedModels, load_shared_models
 from ..serving import create_tts_router
+from ..web_access import AccessPolicy
 from .routes import bot_router
 from .session import SessionRegistry
 from .settings import ServerSettings
+from .telephony import telephony_router
 
 #: Every router of the app, in one place. Each entry is a zero-argument factory.
-ROUTER_FACTORIES: list[Callable[[], APIRouter]] = [bot_router]
+ROUTER_FACTORIES: list[Callable[[], APIRouter]] = [bot_router, telephony_router]
 
 
 def create_app(
@@ -76,12 +80,16 @@ def create_app(
     app.state.engine = models.tts if models is not None else None
     app.state.sessions = SessionRegistry()
     app.state.tts_factory = tts_factory
+    app.state.access = AccessPolicy.from_settings(settings.allowed_origins, settings.serving.token)
     for factory in ROUTER_FACTORIES:
         app.include_router(factory())
     # The TTS API for apps that only need speech, on the same engine (docs/serving.md).
     app.include_router(
         create_tts_router(
-            settings.serving, tts_config=settings.tts, warm=settings.pipeline == "vibevoice"
+            settings.serving,
+            tts_config=settings.tts,
+            access=app.state.access,
+            warm=settings.pipeline == "vibevoice",
         )
     )
     for router in extra_routers:

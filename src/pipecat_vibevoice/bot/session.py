@@ -1,4 +1,12 @@
-"""One websocket connection = one pipeline, cancelled when the client hangs up."""
+"""One websocket connection = one pipeline, cancelled when the client hangs up.
+
+A browser or Python client at ``/ws`` and a phone call at ``/telephony/twilio``
+(:mod:`.telephony`) differ only in their serializer and their first messages; what they
+share lives here, so both follow one rule: :func:`admit` (access policy and
+``max_sessions``), :func:`tracked_session` (the registry behind ``/health``, the session
+id on every log line) and :func:`run_pipeline` (build, run, cancel on hang-up, count
+failures).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +14,14 @@ import asyncio
 import itertools
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import WebSocket
 from loguru import logger
+from pipecat.serializers.base_serializer import FrameSerializer
 from pipecat.transports.websocket.fastapi import (
     FastAPIWebsocketParams,
     FastAPIWebsocketTransport,
@@ -19,9 +30,10 @@ from pipecat.workers.runner import WorkerRunner
 
 from ..pipeline.builder import AUDIO_IN_RATE, AUDIO_OUT_RATE, build_voice_pipeline
 from ..pipeline.models import SharedModels
-from ..serving.limits import token_ok
+from ..web_access import AccessPolicy
 from .serializer import SafeProtobufSerializer
 from .settings import ServerSettings
+from .transport import VoiceBotTransport
 
 
 @dataclass
@@ -58,9 +70,18 @@ class SessionRegistry:
                 await info.worker.cancel(reason=reason)
 
 
-def make_transport(websocket: WebSocket) -> FastAPIWebsocketTransport:
-    """Pipecat's FastAPI websocket transport: protobuf, 16 kHz in, 24 kHz out."""
-    return FastAPIWebsocketTransport(
+def make_transport(
+    websocket: WebSocket, stock: bool = False, serializer: FrameSerializer | None = None
+) -> FastAPIWebsocketTransport:
+    """The websocket transport of one session: 16 kHz in, 24 kHz out.
+
+    Ours holds its output at the first sign of a barge-in (:mod:`.transport`);
+    ``stock`` is Pipecat's own, for the stock peer pipeline.
+    ``serializer`` is the wire format: protobuf frames by default, a carrier's own
+    (e.g. Twilio's 8 kHz μ-law, resampled by the serializer) for phone calls.
+    """
+    kind = FastAPIWebsocketTransport if stock else VoiceBotTransport
+    return kind(
         websocket,
         FastAPIWebsocketParams(
             audio_in_enabled=True,
@@ -68,9 +89,113 @@ def make_transport(websocket: WebSocket) -> FastAPIWebsocketTransport:
             audio_in_sample_rate=AUDIO_IN_RATE,
             audio_out_sample_rate=AUDIO_OUT_RATE,
             add_wav_header=False,
-            serializer=SafeProtobufSerializer(),
+            serializer=serializer or SafeProtobufSerializer(),
+            # Origins were checked by the server's AccessPolicy before the handshake
+            # (one rule for every socket); Pipecat's own check would refuse clients that
+            # send no Origin as soon as PIPECAT_ALLOWED_ORIGINS is set.
+            allowed_origins=[],
         ),
     )
+
+
+async def admit(
+    websocket: WebSocket, settings: ServerSettings, registry: SessionRegistry, access: AccessPolicy
+) -> bool:
+    """Whether a socket may open a session; if not, it is closed here, before the handshake.
+
+    One rule for every socket of the bot: the access policy (origins, token), then the
+    ``max_sessions`` limit over every live session, web or phone.
+    """
+    client = client_name(websocket)
+    refusal = access.check(websocket.headers, websocket.scope.get("query_string", b""))
+    if refusal is not None:
+        # Refused before the handshake completes (HTTP 403): no session, no pipeline.
+        logger.warning(f"refused {client}: {refusal.message}")
+        await websocket.close(code=1008, reason=refusal.message[:120])
+        return False
+    if settings.max_sessions and len(registry.live) >= settings.max_sessions:
+        await websocket.close(code=1013, reason="server busy: too many sessions")
+        logger.warning(f"refused {client}: {len(registry.live)} sessions already")
+        return False
+    return True
+
+
+def client_name(websocket: WebSocket) -> str:
+    """``host:port`` of the peer, for logs and ``/health``."""
+    return f"{websocket.client.host}:{websocket.client.port}" if websocket.client else "?"
+
+
+@contextmanager
+def tracked_session(registry: SessionRegistry, client: str) -> Iterator[SessionInfo]:
+    """A live session in the registry for as long as the block runs.
+
+    Every log line inside carries the session id (loguru ``contextualize``, so tasks
+    started inside inherit it), and the session counts against ``max_sessions`` from
+    the first line on, even while a call is still reading its first messages.
+    """
+    session_id = registry.new_id()
+    with logger.contextualize(session=session_id):
+        info = SessionInfo(session_id, client)
+        registry.live[session_id] = info
+        registry.total += 1
+        started = time.monotonic()
+        logger.info(f"session started for {client} ({len(registry.live)} live)")
+        try:
+            yield info
+        finally:
+            registry.live.pop(session_id, None)
+            logger.info(
+                f"session ended after {time.monotonic() - started:.1f}s ({len(registry.live)} live)"
+            )
+
+
+async def run_pipeline(
+    websocket: WebSocket,
+    transport: FastAPIWebsocketTransport,
+    info: SessionInfo,
+    settings: ServerSettings,
+    models: SharedModels | None,
+    registry: SessionRegistry,
+    tts_factory: Any = None,
+) -> None:
+    """Build the session's pipeline on ``transport`` and run it until either side ends.
+
+    The peer hanging up (the socket closing) cancels the pipeline at once, so no model
+    keeps working for nobody. A failure is logged and counted and closes the socket
+    with 1011; it never reaches the server.
+    """
+    try:
+        bot = None
+        if settings.pipeline == "stock":
+            from ..pipeline.stock import build_stock_pipeline
+
+            worker = await asyncio.to_thread(build_stock_pipeline, transport, settings.bot)
+        else:
+            if models is None:
+                raise RuntimeError("models are not loaded")
+            bot = build_voice_pipeline(transport, settings.bot, models, tts_factory=tts_factory)
+            worker = bot.worker
+        info.worker = worker
+
+        @transport.event_handler("on_client_disconnected")
+        async def _on_disconnected(_transport: Any, _ws: Any) -> None:
+            logger.info(f"client {info.client} hung up: cancelling its pipeline")
+            await worker.cancel(reason="client disconnected")
+
+        if settings.bot.greeting and bot is not None:
+            await bot.greet(settings.bot.greeting)
+        runner = WorkerRunner(handle_sigint=False)
+        await runner.add_workers(worker)
+        await runner.run()
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        registry.failed += 1
+        logger.exception(f"session failed: {exc!r}")
+        try:
+            await websocket.close(code=1011, reason="internal error")
+        except Exception:
+            pass
 
 
 async def run_session(
@@ -79,68 +204,13 @@ async def run_session(
     models: SharedModels | None,
     registry: SessionRegistry,
     tts_factory: Any = None,
+    access: AccessPolicy | None = None,
 ) -> None:
     """Accept the socket, run its pipeline until either side ends, clean up."""
-    client = f"{websocket.client.host}:{websocket.client.port}" if websocket.client else "?"
-    token = settings.serving.token
-    if token and not token_ok(
-        token, websocket.headers.get("authorization"), websocket.scope.get("query_string", b"")
-    ):
-        # Refused before the handshake completes: no session, no pipeline, no models touched.
-        logger.warning(f"refused {client}: missing or wrong bearer token")
-        await websocket.close(code=1008, reason="a valid bearer token is required")
+    access = access or AccessPolicy.from_settings(settings.allowed_origins, settings.serving.token)
+    if not await admit(websocket, settings, registry, access):
         return
-    if settings.max_sessions and len(registry.live) >= settings.max_sessions:
-        await websocket.close(code=1013, reason="server busy: too many sessions")
-        logger.warning(f"refused {client}: {len(registry.live)} sessions already")
-        return
-    session_id = registry.new_id()
-    with logger.contextualize(session=session_id):
+    with tracked_session(registry, client_name(websocket)) as info:
         await websocket.accept()
-        try:
-            transport = make_transport(websocket)
-        except ValueError as exc:  # origin not allowed
-            logger.warning(f"rejected {client}: {exc}")
-            await websocket.close(code=1008, reason=str(exc))
-            return
-        info = SessionInfo(session_id, client)
-        registry.live[session_id] = info
-        registry.total += 1
-        started = time.monotonic()
-        logger.info(f"session started for {client} ({len(registry.live)} live)")
-        try:
-            if settings.pipeline == "stock":
-                from ..pipeline.stock import build_stock_pipeline
-
-                worker = await asyncio.to_thread(build_stock_pipeline, transport, settings.bot)
-            else:
-                if models is None:
-                    raise RuntimeError("models are not loaded")
-                bot = build_voice_pipeline(transport, settings.bot, models, tts_factory=tts_factory)
-                worker = bot.worker
-            info.worker = worker
-
-            @transport.event_handler("on_client_disconnected")
-            async def _on_disconnected(_transport: Any, _ws: Any) -> None:
-                logger.info(f"client {client} hung up: cancelling its pipeline")
-                await worker.cancel(reason="client disconnected")
-
-            if settings.bot.greeting and settings.pipeline != "stock":
-                await bot.greet(settings.bot.greeting)
-            runner = WorkerRunner(handle_sigint=False)
-            await runner.add_workers(worker)
-            await runner.run()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            registry.failed += 1
-            logger.exception(f"session failed: {exc!r}")
-            try:
-                await websocket.close(code=1011, reason="internal error")
-            except Exception:
-                pass
-        finally:
-            registry.live.pop(session_id, None)
-            logger.info(
-                f"session ended after {time.monotonic() - started:.1f}s ({len(registry.live)} live)"
-            )
+        transport = make_transport(websocket, stock=settings.pipeline == "stock")
+        await run_pipeline(websocket, transport, info, settings, models, registry, tts_factory)

@@ -13,6 +13,7 @@ from ..settings_base import EnvSettings, SettingsError
 
 PipelineKind = Literal["vibevoice", "stock"]
 LogLevel = Literal["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"]
+TwilioResampler = Literal["line", "soxr"]
 
 
 @dataclass
@@ -25,6 +26,20 @@ class ServerSettings(EnvSettings):
         pipeline: ``vibevoice`` (this stack) or ``stock`` (Pipecat's own Whisper and
             Piper services, per-connection models; the benchmark's peer).
         max_sessions: Refuse new connections beyond this many (0 = no limit).
+        allowed_origins: Browser origins allowed on every socket (``/ws``,
+            ``/telephony/*``, ``/v1/tts/stream``) beyond pages of this server itself;
+            comma-separated, ``*`` = any. Clients that send no ``Origin`` are not browsers
+            and are not subject to it (see :mod:`pipecat_vibevoice.web_access`).
+        twilio_account_sid: Twilio account SID for hanging calls up (``auto_hang_up``);
+            empty = the ``accountSid`` of each call's ``start`` message.
+        twilio_auth_token: That account's auth token, read from
+            ``PIPECAT_VIBEVOICE_TWILIO_AUTH_TOKEN`` only (a secret: no flag). With it, a
+            call the bot ends (idle timeout, shutdown) is hung up through Twilio's REST
+            API; without it the bot only closes the media stream, and no REST call is
+            ever made.
+        twilio_resampler: The phone line's 8 kHz ↔ pipeline rate conversions: ``line``
+            (short FIR filters, ~3 ms, output with every message) or ``soxr`` (Pipecat's
+            default stream resampler: ~0.1 s each way, in bursts; for comparison).
         log_level: loguru level for the server.
         bot: Conversation settings, one pipeline per connection.
         tts: Engine settings (the process-wide TTS engine).
@@ -43,6 +58,32 @@ class ServerSettings(EnvSettings):
     max_sessions: int = field(
         default=0, metadata={"help": "refuse connections beyond this many (0 = no limit)"}
     )
+    allowed_origins: str = field(
+        default="",
+        metadata={
+            "help": "browser origins allowed beyond this server's own pages, comma-separated "
+            "('*' = any), on /ws, /telephony/* and /v1/tts/stream"
+        },
+    )
+    twilio_account_sid: str = field(
+        default="",
+        metadata={
+            "help": "Twilio account SID for hanging up calls the bot ends (with "
+            "PIPECAT_VIBEVOICE_TWILIO_AUTH_TOKEN; empty = the call's own accountSid)"
+        },
+    )
+    twilio_auth_token: str = field(
+        default="",
+        repr=False,
+        metadata={"cli": False, "help": "Twilio auth token (environment only)"},
+    )
+    twilio_resampler: TwilioResampler = field(
+        default="line",
+        metadata={
+            "help": "phone line rate conversion: 'line' (short FIR, ~3 ms) or 'soxr' "
+            "(Pipecat's default, ~0.1 s in bursts)"
+        },
+    )
     log_level: LogLevel = field(default="INFO", metadata={"help": "log level"})
     bot: BotConfig = field(default_factory=BotConfig.from_env)
     tts: TTSConfig = field(default_factory=TTSConfig.from_env)
@@ -53,6 +94,10 @@ class ServerSettings(EnvSettings):
             raise SettingsError(f"port must be within 0..65535, got {self.port}")
         if self.pipeline not in ("vibevoice", "stock"):
             raise SettingsError(f"pipeline must be 'vibevoice' or 'stock', got {self.pipeline!r}")
+        if self.twilio_resampler not in ("line", "soxr"):
+            raise SettingsError(
+                f"twilio_resampler must be 'line' or 'soxr', got {self.twilio_resampler!r}"
+            )
         if self.max_sessions < 0:
             raise SettingsError(f"max_sessions must be >= 0, got {self.max_sessions}")
 
