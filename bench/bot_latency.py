@@ -17,6 +17,12 @@ A trial where the bot was not audible in the 150 ms before the onset (a gap betw
 its sentences) is not counted for barge-in; the chain goes on until ``--trials``
 barge-ins were counted. Figures are printed; nothing is
 asserted. The machine's cores are shared: read the load average printed with them.
+
+Two clients (``--clients``): ``ours`` obeys our ``playback-pause``/``-resume``/``-flush``
+RTVI server-messages; ``plain`` knows only Pipecat's standard frames and flushes on
+``interruption`` (as Pipecat's own client SDKs and most apps do). The stock bot sends no
+messages of ours, so it is measured with ``plain`` only. The onset is the first audible
+frame the client sends: its synthetic speech starts there, so this is the true onset.
 """
 
 from __future__ import annotations
@@ -36,13 +42,15 @@ def _rel(times: list[float], onset: float, end: float) -> list[int]:
     return [round((t - onset) * 1000) for t in times if onset - 1 < t < end]
 
 
-async def run_chain(url: str, phrases: list, trials: int, seed: int, verbose: bool) -> dict:
+async def run_chain(
+    url: str, phrases: list, trials: int, seed: int, verbose: bool, custom_messages: bool = True
+) -> dict:
     rng = random.Random(seed)
     v2v: list[float] = []
     barge: list[float] = []
     skipped = 0
     answers = 0
-    async with VoiceClient(url) as client:
+    async with VoiceClient(url, custom_messages=custom_messages) as client:
         await asyncio.sleep(1.0)
         utt = await client.say(phrases[0])
         i = 0
@@ -87,6 +95,13 @@ async def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--only", choices=("vibevoice", "stock"), default=None)
     parser.add_argument("--verbose", action="store_true", help="print every barge-in trial")
+    parser.add_argument(
+        "--clients",
+        nargs="+",
+        choices=("ours", "plain"),
+        default=["ours", "plain"],
+        help="clients to measure our bot with (the stock bot: plain only)",
+    )
     args = parser.parse_args()
 
     phrases = await synthesize_phrases(PHRASES)
@@ -94,27 +109,32 @@ async def main() -> None:
     for pipeline in ("vibevoice", "stock"):
         if args.only and pipeline != args.only:
             continue
+        clients = args.clients if pipeline == "vibevoice" else ["plain"]
         bot = start_bot(pipeline)
         try:
-            print(f"[{pipeline}] {machine()} (before)")
-            results[pipeline] = await run_chain(
-                bot.ws_url, phrases, args.trials, args.seed, args.verbose
-            )
-            print(f"[{pipeline}] {machine()} (after)")
+            for client in clients:
+                name = f"{pipeline}/{client}"
+                print(f"[{name}] {machine()} (before)")
+                results[name] = await run_chain(
+                    bot.ws_url, phrases, args.trials, args.seed, args.verbose, client == "ours"
+                )
+                print(f"[{name}] {machine()} (after)")
         finally:
             bot.stop()
 
     print()
     print(f"bot latency benchmark: {args.trials} barge-in trials per bot, seed {args.seed}")
     for name, r in results.items():
-        print(f"{name:9s} voice-to-voice  {summary(r['v2v'])}")
-        print(f"{name:9s} barge-in        {summary(r['barge'])}  (skipped {r['skipped']})")
-        print(f"{name:9s} transcripts     {len(r['finals'])} finals, e.g. {r['finals'][:2]}")
-    if len(results) == 2:
-        ours, peer = results["vibevoice"], results["stock"]
+        print(f"{name:16s} voice-to-voice  {summary(r['v2v'])}")
+        print(f"{name:16s} barge-in        {summary(r['barge'])}  (skipped {r['skipped']})")
+        print(f"{name:16s} transcripts     {len(r['finals'])} finals, e.g. {r['finals'][:2]}")
+    peer = results.get("stock/plain")
+    for name, ours in results.items():
+        if peer is None or name.startswith("stock"):
+            continue
         for key, label, q in (("v2v", "voice-to-voice p50", 50), ("barge", "barge-in p95", 95)):
             a, b = pct(ours[key], q), pct(peer[key], q)
-            print(f"ratio ours/stock {label}: {a / b:.2f} ({a * 1000:.0f} / {b * 1000:.0f} ms)")
+            print(f"ratio {name} / stock {label}: {a / b:.2f} ({a * 1000:.0f} / {b * 1000:.0f} ms)")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@
 * A preset in the voices directory that executes code when unpickled is refused when
   selected (engine and websocket), its payload never runs, and the server goes on.
   (The unpickler itself is tested in ``tests/vibevoice/test_presets.py``.)
-* ``WS /ws`` refuses a browser origin outside ``PIPECAT_ALLOWED_ORIGINS``. The TTS
+* ``WS /ws`` refuses a foreign browser origin by default, takes the allowed ones. The TTS
   socket's origin and token checks are in ``tests/serving/test_protocol.py``
   (``test_origin_allow_list``, ``test_token_is_required_when_configured``).
 """
@@ -26,6 +26,7 @@ from reliability.conftest import start_tts_server
 from serving.tts_harness import open_client
 
 from pipecat_vibevoice.engine import TTSConfig, TTSEngine, UnknownVoiceError
+from pipecat_vibevoice.web_access import AccessPolicy
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -165,26 +166,40 @@ async def test_piper_websocket_refuses_path_voices(tts_server, tmp_path) -> None
 
 
 @pytest.mark.slow
-async def test_ws_refuses_a_foreign_browser_origin(bot_server, monkeypatch) -> None:
-    """``PIPECAT_ALLOWED_ORIGINS`` is read per connection by Pipecat's transport params."""
+async def test_ws_refuses_a_foreign_browser_origin_by_default(bot_server, monkeypatch) -> None:
+    """With no configuration at all, only this server's own pages (and non-browsers) get in."""
     server, _engine, _backend = bot_server
-    monkeypatch.setenv("PIPECAT_ALLOWED_ORIGINS", "https://app.example")
+    sessions = server.app.state.sessions
     url = f"ws://127.0.0.1:{server.port}/ws"
-    async with websockets.connect(url, origin="https://evil.example") as ws:
-        with pytest.raises(websockets.ConnectionClosed):
-            await asyncio.wait_for(ws.recv(), 10)
-        assert ws.close_code == 1008
+    total_before = sessions.total
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        async with websockets.connect(url, origin="https://evil.example"):
+            pass
+    assert refused.value.response.status_code == 403
+    assert sessions.total == total_before, "a foreign page got a session"
+    for origin in (f"http://127.0.0.1:{server.port}", None):  # own page; not a browser
+        async with websockets.connect(url, origin=origin) as ws:
+            await asyncio.sleep(0.5)
+            assert sessions.live, f"origin {origin!r} was not served"
+            await ws.ping()  # still open
+    # --allowed-origins (here the policy it builds) lets another page in.
+    # (setitem: pytest's setattr cannot restore a Starlette State attribute)
+    monkeypatch.setitem(
+        server.app.state._state,
+        "access",
+        AccessPolicy.from_settings("https://app.example", environ={}),
+    )
     async with websockets.connect(url, origin="https://app.example") as ws:
         await asyncio.sleep(0.5)
-        assert server.app.state.sessions.live, "the allowed origin was not served"
-        await ws.ping()  # still open
+        assert sessions.total == total_before + 3
+        await ws.ping()
 
 
 @pytest.mark.slow
 async def test_ws_requires_the_bearer_token_when_one_is_set(bot_server, monkeypatch) -> None:
     """The server's token guards the voice socket as well as the TTS socket."""
     server, _engine, _backend = bot_server
-    monkeypatch.setattr(server.app.state.settings.serving, "token", "s3cret")
+    monkeypatch.setitem(server.app.state._state, "access", AccessPolicy(token="s3cret"))
     sessions = server.app.state.sessions
     total_before = sessions.total
     url = f"ws://127.0.0.1:{server.port}/ws"

@@ -64,7 +64,7 @@ def bot_router() -> APIRouter:
     async def voice(websocket: WebSocket) -> None:
         state = websocket.app.state
         await run_session(
-            websocket, state.settings, state.models, state.sessions, state.tts_factory
+            websocket, state.settings, state.models, state.sessions, state.tts_factory, state.access
         )
 
     return router
