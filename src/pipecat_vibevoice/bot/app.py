@@ -26,12 +26,13 @@ from ..pipeline.models import SharedModels, load_shared_models
 from ..serving import create_tts_router
 from ..web_access import AccessPolicy
 from .routes import bot_router
+from .sdk_page import sdk_router
 from .session import SessionRegistry
 from .settings import ServerSettings
 from .telephony import telephony_router
 
 #: Every router of the app, in one place. Each entry is a zero-argument factory.
-ROUTER_FACTORIES: list[Callable[[], APIRouter]] = [bot_router, telephony_router]
+ROUTER_FACTORIES: list[Callable[[], APIRouter]] = [bot_router, telephony_router, sdk_router]
 
 
 def create_app(
