@@ -248,6 +248,7 @@ class VoiceClient:
         self._tasks: list[asyncio.Task] = []
         self.closed = asyncio.Event()
         self._changed = asyncio.Event()
+        self.connected_at: float | None = None
 
     async def __aenter__(self) -> VoiceClient:
         await self.connect()
@@ -261,6 +262,7 @@ class VoiceClient:
         import websockets
 
         self._ws = await websockets.connect(self.url, max_size=None, open_timeout=10)
+        self.connected_at = time.monotonic()
         self._tasks = [
             asyncio.create_task(self._receive(), name="client-rx"),
             asyncio.create_task(self._microphone(), name="client-mic"),

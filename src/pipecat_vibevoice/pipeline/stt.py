@@ -77,6 +77,7 @@ class StreamingWhisperSTT(FrameProcessor):
         stop_secs: float = 0.2,
         max_pause_secs: float = 0.9,
         preroll_secs: float = 0.5,
+        first_preroll_secs: float = 1.5,
         onset_hold_secs: float = 0.5,
         short_turn_words: int = 3,
         short_turn_pause_secs: float = 0.6,
@@ -94,6 +95,12 @@ class StreamingWhisperSTT(FrameProcessor):
         self._preroll: deque[bytes] = deque()
         self._preroll_bytes = 0
         self._preroll_max = int(preroll_secs * self._bytes_per_sec)
+        # Until the stream's first speech, the pre-roll reaches back to its start: a client
+        # that starts sending mid-word (Pipecat's browser SDK sends nothing before the
+        # first non-zero microphone sample) gets no silence before its first word, and
+        # Silero, with no audio before it, confirms such a word late or not at all.
+        self._first_preroll_max = int(first_preroll_secs * self._bytes_per_sec)
+        self._heard_speech = False
         self._user_id = user_id
         self._buffer: bytearray | None = None  # the utterance; None between turns
         self._speaking = False
@@ -149,15 +156,20 @@ class StreamingWhisperSTT(FrameProcessor):
         self._maybe_start_interim()
 
     def _keep_preroll(self, audio: bytes) -> None:
-        """Remember the last ``preroll_secs`` of audio (VAD confirms speech late)."""
+        """Remember the last ``preroll_secs`` of audio (VAD confirms speech late).
+
+        Before the stream's first speech: the last ``first_preroll_secs`` (see __init__).
+        """
         self._preroll.append(audio)
         self._preroll_bytes += len(audio)
-        while self._preroll_bytes > self._preroll_max and len(self._preroll) > 1:
+        limit = self._preroll_max if self._heard_speech else self._first_preroll_max
+        while self._preroll_bytes > limit and len(self._preroll) > 1:
             self._preroll_bytes -= len(self._preroll.popleft())
 
     def _on_speech_started(self) -> None:
         """Open the turn (pre-roll first), or carry on the one a pause interrupted."""
         self._speaking = True
+        self._heard_speech = True
         self._onset_at = None
         self._drop_speculation()
         if self._finalize_task is not None:
