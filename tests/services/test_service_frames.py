@@ -9,6 +9,7 @@ from pipecat.frames.frames import (
     TTSSpeakFrame,
     TTSStartedFrame,
     TTSStoppedFrame,
+    TTSTextFrame,
 )
 from pipecat.metrics.metrics import TTFBMetricsData, TTSUsageMetricsData
 from pipecat.pipeline.worker import PipelineParams
@@ -31,14 +32,16 @@ async def test_speak_frame_gives_started_audio_stopped_in_order(piper_engine: TT
         start_timeout=10,
     )
     assert not up, f"unexpected upstream frames: {up}"
-    assert shape(down) == [
-        "AggregatedTextFrame",
-        "TTSStartedFrame",
-        "TTSAudioRawFrame",
-        "TTSTextFrame",
-        "LLMAssistantPushAggregationFrame",
-        "TTSStoppedFrame",
-    ]
+    names = shape(down)
+    assert names[:3] == ["AggregatedTextFrame", "TTSStartedFrame", "TTSAudioRawFrame"]
+    assert names[-2:] == ["LLMAssistantPushAggregationFrame", "TTSStoppedFrame"]
+    # Between them the audio, and each word behind the audio it starts in (with the
+    # RTVI progress of the sentence), timed for the output transport to release.
+    assert set(names[2:-2]) == {"TTSAudioRawFrame", "TTSTextFrame", "AggregatedTextProgressFrame"}
+    words = [f for f in down if isinstance(f, TTSTextFrame)]
+    assert [f.text for f in words] == TEXT.split()
+    pts = [f.pts for f in words]
+    assert all(pts) and pts == sorted(pts) and len(set(pts)) == len(pts)
     started = next(f for f in down if isinstance(f, TTSStartedFrame))
     stopped = next(f for f in down if isinstance(f, TTSStoppedFrame))
     audio = audio_frames(down)

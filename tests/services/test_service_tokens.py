@@ -25,7 +25,7 @@ from services.service_helpers import PieceCounter, Timeline, audio_frames, shape
 
 from pipecat_vibevoice.engine import TTSEngine
 from pipecat_vibevoice.services import VibeVoiceTTSService
-from pipecat_vibevoice.services.vibevoice.token_turns import HeldText, TokenTurn
+from pipecat_vibevoice.services.vibevoice.token_turns import TokenTurn
 
 TOKEN = TextAggregationMode.TOKEN
 FIRST = ["Hello", " there", ",", " friend", ".", " How"]
@@ -106,16 +106,22 @@ async def test_turn_is_one_engine_stream_and_speech_starts_before_the_turn_ends(
     assert not tts._token_turns
 
 
-async def test_each_sentence_text_follows_its_audio(piper_engine: TTSEngine) -> None:
+async def test_each_word_text_follows_its_audio(piper_engine: TTSEngine) -> None:
     # The TTSTextFrame is what the assistant context records as said: it must not run
-    # ahead of the audio (Pipecat emits it as soon as a streamed sentence is complete).
+    # ahead of the audio. Each word comes after the audio chunk it starts in, with a
+    # presentation time at which the output transport releases it.
     tts = VibeVoiceTTSService(piper_engine, warmup=False, text_aggregation_mode=TOKEN)
     tokens = ["Hello", " there.", " How", " are", " you", " today?", " I", " am", " fine."]
     down, _ = await run_test(tts, frames_to_send=turn(tokens), start_timeout=10)
-    texts = [f.text.strip() for f in down if isinstance(f, TTSTextFrame)]
-    assert texts == ["Hello there.", "How are you today?", "I am fine."]
-    names = [n for n in shape(down) if n in ("TTSAudioRawFrame", "TTSTextFrame")]
-    assert names == ["TTSAudioRawFrame", "TTSTextFrame"] * 3
+    texts = [f for f in down if isinstance(f, TTSTextFrame)]
+    assert [f.text for f in texts] == "Hello there. How are you today? I am fine.".split()
+    first_audio = next(i for i, f in enumerate(down) if isinstance(f, TTSAudioRawFrame))
+    assert all(down.index(f) > first_audio for f in texts)
+    pts = [f.pts for f in texts]
+    assert all(p for p in pts) and pts == sorted(pts) and len(set(pts)) == len(pts)
+    # Words are spread over the turn's audio, not bunched at its end.
+    audio_s = sum(len(f.audio) for f in audio_frames(down)) / 48000
+    assert (pts[-1] - pts[0]) / 1e9 > 0.5 * audio_s
 
 
 async def test_speak_frame_and_consecutive_turns_in_token_mode(piper_engine: TTSEngine) -> None:
@@ -167,19 +173,4 @@ async def test_token_turn_is_one_growing_text_read_by_the_engine() -> None:
     turn.close()  # idempotent: flush and stop may both close a turn
     assert turn.closed and turn.text.pieces == 5
     await turn.text.wait_closed()  # what the speaker waits for after a failed request
-    assert turn.task is None and not turn.held.frames
-
-
-def test_held_text_releases_by_offset_in_order() -> None:
-    held = HeldText()
-    first, second = (
-        TTSTextFrame("Hello there.", text_type="sentence"),
-        TTSTextFrame(" How are you?", text_type="sentence"),
-    )
-    marker = LLMFullResponseEndFrame()
-    for frame in (first, marker, second):
-        held.hold(frame)
-    assert held.release(5) == []
-    assert held.release(12) == [first, marker]  # a frame behind a text keeps its place
-    assert held.release(20) == []
-    assert held.release(None) == [second]
+    assert turn.task is None

@@ -119,13 +119,16 @@ async def test_tokens_stream_into_one_vibevoice_request_with_its_options(
     assert {len(f.audio) for f in audio[:-1]} == {3840}
     names = shape(down)
     assert names.count("TTSStartedFrame") == 1 and names.count("TTSStoppedFrame") == 1
-    # Text frames follow the audio that spoke them (by the model's own text spans).
+    # Text frames come word by word behind the audio that speaks them (the model's
+    # text windows), each with its presentation time, in order.
     texts = [f for f in down if isinstance(f, TTSTextFrame)]
-    assert "".join(f.text for f in texts).strip() == "".join(FIRST + REST)
+    assert " ".join(f.text for f in texts) == "".join(FIRST + REST)
     first_text = down.index(texts[0])
     assert audio_frames(down[:first_text]), "a sentence's text ran ahead of its audio"
     last_text = down.index(texts[-1])
     assert audio_frames(down[first_text:last_text]), "the second sentence's text ran ahead"
+    pts = [f.pts for f in texts]
+    assert all(pts) and pts == sorted(pts)
 
 
 async def test_cfg_and_steps_updates_reach_the_next_request(vibevoice_engine: TTSEngine) -> None:

@@ -100,6 +100,9 @@ async def test_cache_is_bounded_and_persists_across_restarts(make_server, tmp_pa
     started, two = await _speak(again, "p2", PHRASE)
     assert started["cached"] is True
     assert bytes(two.audio) == bytes(one.audio)
+    # The words and their times are kept on disk with the audio.
+    words = [[c["words"] for c in u.events if c["type"] == "chunk"] for u in (one, two)]
+    assert words[0] == words[1] and [w for ws in words[0] for w, _ in ws] == PHRASE.split()
 
 
 async def test_store_rows_describe_each_synthesis(make_server, tmp_path: Path) -> None:

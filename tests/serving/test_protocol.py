@@ -35,10 +35,15 @@ async def test_queue_plays_in_order_with_chunk_metadata(server: ServerThread) ->
     done = [e["id"] for e in client.log if isinstance(e, dict) and e["type"] == "done"]
     assert started == ["q1", "q2", "q3"]
     assert done == ["q1", "q2", "q3"]
-    for utt in result.values():
+    for rid, utt in result.items():
         _contiguous(utt.events)
         chunks = [e for e in utt.events if e["type"] == "chunk"]
         assert [c["bytes"] for c in chunks] == [len(b) for b in utt.chunks]
+        # Every word of the text, each in the chunk its speech starts in, in order.
+        words = [w for c in chunks for w in c["words"]]
+        assert [w for w, _ in words] == texts[rid].split()
+        assert [t for _, t in words] == sorted(t for _, t in words)
+        assert all(c["start_s"] <= t <= c["end_s"] for c in chunks for _, t in c["words"])
         final = utt.final
         assert final is not None and final["type"] == "done"
         assert final["audio_s"] == pytest.approx(len(utt.audio) / 2 / 24000, abs=1e-3)

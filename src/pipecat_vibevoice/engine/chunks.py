@@ -4,18 +4,25 @@
 from the backend (VibeVoice knows exactly which tokens fed each latent's window; Piper
 reports none, so the segment or sentence being spoken is used) and is carried through the
 audio stages by :class:`SpanTimeline`, which maps output samples back to backend pieces.
+Word starts travel the same way: a backend marks where each word starts in its pieces
+(:mod:`.word_timing`), and the timeline places the marks on the output samples, so a
+chunk lists the words that start in it with their time from the utterance's start.
 :class:`ChunkAssembler` runs one utterance's pieces through those stages.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+from loguru import logger
 
 from .audio import AudioPipeline
 from .backends.base import AudioPiece, SpeechBackend
 from .config import TTSConfig
+from .word_timing import word_at
 
 
 @dataclass(frozen=True)
@@ -27,6 +34,13 @@ class SpeechChunk:
     cleaned text for a ``str``, the concatenated pieces for a stream) whose speech this
     chunk carries; ``text`` is that substring. Speech a model produces after it has read
     all the text has an empty span at the end of the text.
+
+    ``words`` are the words whose speech starts in this chunk, in order, as
+    ``(word, start_s)``: the word as it is in the utterance text (a run of
+    non-whitespace, punctuation included) and its start in seconds from the start of
+    the utterance's audio (``start_s <= t <= end_s``). Piper's are exact to a frame
+    (duration predictor); VibeVoice's are window-level estimates (see
+    :class:`~.word_timing.WindowWords`).
     """
 
     pcm: bytes
@@ -34,6 +48,7 @@ class SpeechChunk:
     end_s: float
     text_span: tuple[int, int] | None
     text: str
+    words: tuple[tuple[str, float], ...] = ()
 
 
 class SpanTimeline:
@@ -41,21 +56,44 @@ class SpanTimeline:
 
     Backend pieces are stretched by speed and resampling before they are cut into
     chunks, so positions are mapped with the overall ratio (output samples per backend
-    sample); stage delays of a few milliseconds are ignored.
+    sample); stage delays of a few milliseconds are ignored. Word starts are mapped the
+    same way, so they stay on the speech they were marked on whatever the speed.
     """
 
     def __init__(self, ratio: float) -> None:
         self.ratio = ratio
         self._marks: list[tuple[float, float, tuple[int, int] | None]] = []
+        self._words: list[tuple[float, int]] = []  # (output sample, text position)
         self._in = 0.0
 
-    def add(self, samples: int, span: tuple[int, int] | None) -> None:
-        """Record ``samples`` backend samples that speak ``span``."""
-        if samples <= 0:
+    def add(
+        self,
+        samples: int,
+        span: tuple[int, int] | None,
+        words: Sequence[tuple[int, int]] = (),
+    ) -> None:
+        """Record ``samples`` backend samples that speak ``span`` and start ``words``.
+
+        ``words`` are (text position, backend sample within these samples) marks.
+        """
+        samples = max(0, samples)
+        for pos, offset in words:
+            at = (self._in + min(max(0, offset), samples)) * self.ratio
+            self._words.append((at, pos))
+        if samples == 0:
             return
         start = self._in * self.ratio
         self._in += samples
         self._marks.append((start, self._in * self.ratio, span))
+
+    def take_words(self, end: float | None) -> list[tuple[float, int]]:
+        """Word marks before output sample ``end`` (all for ``None``), oldest first; forgotten."""
+        if end is None:
+            taken, self._words = self._words, []
+        else:
+            taken = [w for w in self._words if w[0] < end]
+            self._words = [w for w in self._words if w[0] >= end]
+        return sorted(taken, key=lambda w: (w[0], w[1]))
 
     def span(self, start: int, end: int) -> tuple[int, int] | None:
         """Union of the spans under output samples ``[start, end)``; forgets older marks.
@@ -157,15 +195,30 @@ class ChunkAssembler:
 
     def add(self, piece: AudioPiece) -> list[SpeechChunk]:
         """Process one backend piece; return the chunks now complete."""
-        self._timeline.add(piece.audio.size, piece.text_span)
+        self._timeline.add(piece.audio.size, piece.text_span, piece.words)
+        if piece.audio.size == 0:
+            return []
         return self._hand_out(self._pipeline.push(piece.audio))
 
     def finish(self) -> list[SpeechChunk]:
-        """Drain the audio stages; return the last chunks (the last one may be short)."""
+        """Drain the audio stages; return the last chunks (the last one may be short).
+
+        Words not handed out yet (marked at the very end, or past the last sample by
+        rounding) go with the last chunk. Words marked after the last chunk was already
+        handed out (a model that ended before it reached them) have no audio to go with
+        and are dropped.
+        """
         chunks = self._hand_out(self._pipeline.finish())
         if self._held:
             chunks.append(self._chunk(b"".join(self._held)))
             self._held.clear()
+        rest = self._timeline.take_words(None)
+        if rest and chunks:
+            last = chunks[-1]
+            words = last.words + self._words(rest, last.start_s, last.end_s)
+            chunks[-1] = dataclasses.replace(last, words=words)
+        elif rest:
+            logger.debug(f"{len(rest)} word(s) marked after the last audio; not timed")
         return chunks
 
     def _hand_out(self, pcms: list[bytes]) -> list[SpeechChunk]:
@@ -174,18 +227,30 @@ class ChunkAssembler:
             return []
         return [self._chunk(pcm) for pcm in pcms]
 
+    def _words(
+        self, marks: list[tuple[float, int]], start_s: float, end_s: float
+    ) -> tuple[tuple[str, float], ...]:
+        """Marks as (word, seconds), each time kept inside its chunk."""
+        text = self._text()
+        return tuple(
+            (word_at(text, pos), min(end_s, max(start_s, at / self._rate))) for at, pos in marks
+        )
+
     def _chunk(self, pcm: bytes) -> SpeechChunk:
         if self.first_chunk_at is None:
             self.first_chunk_at = time.perf_counter()
         n = len(pcm) // 2
         span = self._timeline.span(self._emitted, self._emitted + n)
         text = self._text()
+        start_s, end_s = self._emitted / self._rate, (self._emitted + n) / self._rate
+        marks = self._timeline.take_words(self._emitted + n)
         chunk = SpeechChunk(
             pcm=pcm,
-            start_s=self._emitted / self._rate,
-            end_s=(self._emitted + n) / self._rate,
+            start_s=start_s,
+            end_s=end_s,
             text_span=span,
             text=text[span[0] : span[1]] if span else "",
+            words=self._words(marks, start_s, end_s),
         )
         self._emitted += n
         return chunk

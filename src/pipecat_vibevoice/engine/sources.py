@@ -10,8 +10,9 @@ Three ways, one per kind of text:
 * a :class:`GrowingText` for any other backend (Piper): each sentence as soon as it is
   complete (the whitespace after its end mark has arrived), spoken like a whole string.
 
-Spans come back in the coordinates of the request's text (the cleaned string, or the
-growing text), so a chunk can say which words it speaks.
+Spans and word marks come back in the coordinates of the request's text (the cleaned
+string, or the growing text), so a chunk can say which words it speaks and when each
+starts.
 """
 
 from __future__ import annotations
@@ -29,12 +30,17 @@ from .workers import ModelWorkers
 
 
 def _respan(piece: AudioPiece, mapping: list[int], default_end: int) -> AudioPiece:
-    """Map a piece's span from its segment to the whole text (segment span if none)."""
+    """Map a piece's span and word marks from its segment to the whole text.
+
+    A piece without a span gets the segment's. Word marks name a word by its first
+    character, which :func:`align` maps one to one (a word never starts on whitespace).
+    """
     if piece.text_span is None:
         span = (mapping[0], mapping[-1] + 1) if mapping else None
     else:
         span = map_span(piece.text_span, mapping, default_end)
-    return AudioPiece(piece.audio, span, piece.waiting_for_text)
+    words = tuple((mapping[pos], offset) for pos, offset in piece.words if 0 <= pos < len(mapping))
+    return AudioPiece(piece.audio, span, piece.waiting_for_text, words)
 
 
 def _segment_request(request: SynthesisRequest, text: str) -> SynthesisRequest:

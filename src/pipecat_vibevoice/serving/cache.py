@@ -28,12 +28,13 @@ _MAGIC = b"PVVC1\n"
 
 @dataclass(frozen=True)
 class CachedChunk:
-    """One chunk of a cached utterance."""
+    """One chunk of a cached utterance, with the words that start in it (``(word, start_s)``)."""
 
     pcm: bytes
     start_s: float
     end_s: float
     text: str = ""
+    words: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -192,7 +193,8 @@ class ResponseCache:
 
     def _write(self, key: str, entry: CachedAudio) -> None:
         header = json.dumps(
-            [[len(c.pcm), c.start_s, c.end_s, c.text] for c in entry.chunks], ensure_ascii=False
+            [[len(c.pcm), c.start_s, c.end_s, c.text, c.words] for c in entry.chunks],
+            ensure_ascii=False,
         ).encode()
         path = self._path(key)
         tmp = path.with_suffix(f".tmp{os.getpid()}.{threading.get_ident()}")
@@ -255,8 +257,9 @@ class ResponseCache:
             header = json.loads(data[offset : offset + size])
             offset += size
             chunks = []
-            for length, start, end, text in header:
-                chunks.append(CachedChunk(data[offset : offset + length], start, end, text))
+            for length, start, end, text, *rest in header:  # entries before words: 4 fields
+                words = tuple((str(w), float(t)) for w, t in rest[0]) if rest else ()
+                chunks.append(CachedChunk(data[offset : offset + length], start, end, text, words))
                 offset += length
             if offset != len(data):
                 raise ValueError("length mismatch")

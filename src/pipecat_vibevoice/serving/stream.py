@@ -189,7 +189,9 @@ class UtteranceStream:
                     if got is None:
                         break
                     if keep:
-                        collected.append(CachedChunk(got.pcm, got.start_s, got.end_s, got.text))
+                        collected.append(
+                            CachedChunk(got.pcm, got.start_s, got.end_s, got.text, got.words)
+                        )
                     if not pending:
                         ready_at = time.perf_counter()
                     pending.append(got)
@@ -224,7 +226,12 @@ class UtteranceStream:
         return len(pcm) / 2 / self.rate
 
     async def _emit(self, chunk: SpeechChunk | CachedChunk, cached: bool = False) -> None:
-        """One ``chunk`` event and its audio, then the stats and metrics of its timing."""
+        """One ``chunk`` event and its audio, then the stats and metrics of its timing.
+
+        ``words`` lists the words whose speech starts in the chunk as ``[word, start_s]``
+        (seconds from the utterance's audio start, like ``start_s``), so a client can
+        show or cut the text as it plays; empty when none starts there.
+        """
         meta = event(
             "chunk",
             id=self.utterance.id,
@@ -233,6 +240,7 @@ class UtteranceStream:
             end_s=round(chunk.end_s, 4),
             bytes=len(chunk.pcm),
             text=chunk.text or None,
+            words=[[word, round(at, 4)] for word, at in chunk.words],
         )
         await self.send.chunk(meta, chunk.pcm)
         metrics, stats = self.state.metrics, self.stats

@@ -49,11 +49,18 @@ class AudioPiece:
     ``text_span`` is the (start, end) character range of the request text this audio
     speaks, when the backend knows it; ``None`` otherwise. A piece with
     ``waiting_for_text`` carries no audio: the backend needs more streamed text.
+
+    ``words`` marks the words whose speech starts in this piece: ``(position, sample)``,
+    the position of the word's first character in the request text (coordinates as
+    ``text_span``) and the sample of this piece's audio where it starts. Marks travel
+    with the audio through speed change and resampling (``chunks.SpanTimeline``); a
+    piece without audio may carry marks, which then sit at the end of the audio so far.
     """
 
     audio: np.ndarray
     text_span: tuple[int, int] | None = None
     waiting_for_text: bool = False
+    words: tuple[tuple[int, int], ...] = ()
 
 
 class SpeechBackend(ABC):

@@ -10,12 +10,21 @@ time); the back half
 on windows of frames with enough context on both sides that the windows join into
 the same waveform as one full decode. Prosody is that of the whole sentence, and
 the first window is ready after the front half plus one small decode.
+
+Word timestamps come from the duration predictor. The front half computes how many
+frames each phoneme id lasts (``w_ceil = ceil(exp(logw) · mask · length_scale)``, the
+``Ceil`` before the monotonic expansion) but the split graph does not output it, so we
+keep a variant of the front half that also outputs those counts
+(:func:`ensure_timed_frontend`). A word starts at the sum of the durations before its
+first sound (:mod:`..word_timing`), exact to a frame (11.6 ms).
 """
 
 from __future__ import annotations
 
+import os
 import threading
-from collections.abc import Iterator
+import unicodedata
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +32,7 @@ import numpy as np
 from loguru import logger
 
 from ..memory import pin_mmap_threshold
+from ..word_timing import PhonemeClasses, PhonemePlace, place_words, start_frame, text_words
 from .base import AudioPiece, BackendUnavailable, SpeechBackend, SynthesisRequest
 
 #: Frames per decoder window: small first (fast first chunk), then larger (efficiency).
@@ -41,6 +51,11 @@ SENTENCE_PAUSE_S = 0.12
 #: A seeded utterance gives sentence i the seed ``seed + SEED_STRIDE * i``: each
 #: sentence its own noise (two nodes per graph take ``seed`` and ``seed + 1``).
 SEED_STRIDE = 1000
+
+#: Name of the per-phoneme frame counts in our variant of the front half.
+DURATIONS_OUTPUT = "phoneme_frames"
+#: File name of that variant, next to the split graphs: ``<voice>`` + this.
+TIMED_FRONTEND_SUFFIX = ".frontend-durations.onnx"
 
 # espeak-ng (behind Piper's phonemizer) keeps global state; one caller at a time.
 _PHONEMIZE_LOCK = threading.Lock()
@@ -64,6 +79,89 @@ def default_cache_dir() -> Path:
 
     base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     return base / "pipecat-vibevoice" / "piper"
+
+
+def find_durations_tensor(model: Any) -> str:
+    """The tensor of per-phoneme frame counts in a VITS front half, found by structure.
+
+    VITS rounds the duration predictor's output up to whole frames (``Ceil``) and feeds
+    the result to a ``CumSum`` (the monotonic expansion of phonemes to frames) and a
+    ``ReduceSum`` (the frame count). Node names differ between exports, so the ``Ceil``
+    is recognised by feeding a ``CumSum`` within a few element-wise steps; a graph with
+    exactly one ``Ceil`` needs no further check.
+    """
+    graph = model.graph
+    users: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+    passthrough = {"Cast", "Identity", "Mul", "Squeeze", "Unsqueeze", "Reshape"}
+
+    def reaches_cumsum(name: str, depth: int = 3) -> bool:
+        for node in users.get(name, []):
+            if node.op_type == "CumSum":
+                return True
+            if depth and node.op_type in passthrough:
+                if any(reaches_cumsum(out, depth - 1) for out in node.output):
+                    return True
+        return False
+
+    ceils = [node.output[0] for node in graph.node if node.op_type == "Ceil"]
+    feeding = [name for name in ceils if reaches_cumsum(name)]
+    if len(feeding) == 1:
+        return feeding[0]
+    if len(ceils) == 1:
+        return ceils[0]
+    raise ValueError(
+        f"cannot tell the duration tensor of this VITS front half: Ceil outputs {ceils}"
+    )
+
+
+def ensure_timed_frontend(frontend: Path) -> Path:
+    """The split front half with the per-phoneme frame counts as an extra output.
+
+    Made once from ``frontend`` (``<voice>.frontend.onnx`` of ``streaming-vits``) and
+    kept next to it as ``<voice>`` + :data:`TIMED_FRONTEND_SUFFIX`, rebuilt when the
+    split graph is newer. The surgery only adds an ``Identity`` named
+    :data:`DURATIONS_OUTPUT` on the duration tensor (:func:`find_durations_tensor`) and
+    lists it as a graph output: every other node, and so the latent, is unchanged. The
+    file is written under a temporary name and renamed, so concurrent loads never read
+    half a file. ``streaming_vits.graph.seeded_frontend_session`` loads it like the
+    plain front half (it only stamps seeds on the noise nodes).
+    """
+    import onnx
+
+    name = frontend.name.removesuffix(".frontend.onnx").removesuffix(".onnx")
+    target = frontend.with_name(name + TIMED_FRONTEND_SUFFIX)
+    if target.is_file() and target.stat().st_mtime >= frontend.stat().st_mtime:
+        return target
+    model = onnx.load(str(frontend))
+    if not any(o.name == DURATIONS_OUTPUT for o in model.graph.output):
+        durations = find_durations_tensor(model)
+        model.graph.node.append(
+            onnx.helper.make_node("Identity", [durations], [DURATIONS_OUTPUT], name="durations")
+        )
+        model.graph.output.append(
+            onnx.helper.make_tensor_value_info(DURATIONS_OUTPUT, onnx.TensorProto.FLOAT, None)
+        )
+    tmp = target.with_name(f"{name}.tmp{os.getpid()}.{threading.get_ident()}.onnx")
+    try:
+        onnx.save(model, str(tmp))
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    logger.info(f"Piper: front half with phoneme durations written to {target}")
+    return target
+
+
+def _strip_punctuation(word: str) -> str:
+    """``word`` without the punctuation at its edges ("friend." → "friend", "3.5" stays)."""
+    start, end = 0, len(word)
+    while start < end and unicodedata.category(word[start]).startswith("P"):
+        start += 1
+    while end > start and unicodedata.category(word[end - 1]).startswith("P"):
+        end -= 1
+    return word[start:end]
 
 
 class PiperBackend(SpeechBackend):
@@ -95,8 +193,10 @@ class PiperBackend(SpeechBackend):
         self.release_memory = release_memory
         self.voice_name = self.model_path.name.removesuffix(".onnx")
         self._phonemizer: Any = None
+        self._classes: PhonemeClasses | None = None
         self._frontend: Any = None
         self._frontend_path: Path | None = None
+        self._frontend_outputs: list[str] = []
         self._decoder: Any = None
         self._seam: Any = None
         self._frontend_inputs: list[str] = []
@@ -128,6 +228,7 @@ class PiperBackend(SpeechBackend):
         )
         # Only the phonemizer of PiperVoice is used; the full-graph session is not needed.
         self._phonemizer = PiperVoice(session=None, config=config)  # type: ignore[arg-type]
+        self._classes = PhonemeClasses.from_id_map(config.phoneme_id_map)
 
         split, split_dir = graph.ensure_split(
             self.model_path, sample_rate=config.sample_rate, cache=self.cache_dir, verbose=False
@@ -147,6 +248,12 @@ class PiperBackend(SpeechBackend):
             )
         providers = ["CPUExecutionProvider"]
         self._frontend_path = split_dir / split.frontend
+        self._frontend_outputs = [split.seam.z_p, split.seam.mask]
+        try:
+            self._frontend_path = ensure_timed_frontend(self._frontend_path)
+            self._frontend_outputs.append(DURATIONS_OUTPUT)
+        except Exception as exc:  # no onnx, an unusual export: words by length only
+            logger.warning(f"Piper: no phoneme durations ({exc}); word times by length")
         self._frontend = ort.InferenceSession(
             str(self._frontend_path), options, providers=providers
         )
@@ -207,26 +314,93 @@ class PiperBackend(SpeechBackend):
             sentences = self._phonemizer.phonemize(text)
         return [self._phonemizer.phonemes_to_ids(p) for p in sentences if p]
 
+    def word_places(self, text: str, sentences: list[list[int]]) -> list[tuple[int, PhonemePlace]]:
+        """Each word of ``text`` (its position) and where it starts among ``sentences``.
+
+        Every word is also phonemized on its own (:meth:`_words_alone`), which is what
+        lets :func:`..word_timing.place_words` see through espeak's joins and number
+        readings; see there for the fallback by character length.
+        """
+        assert self._classes is not None
+        words = text_words(text)
+        if not words or not sentences:
+            return []
+        texts = [word for _, word in words]
+        alone = list(zip(texts, self._words_alone(texts), strict=True))
+        places = place_words(alone, sentences, self._classes)
+        return [(pos, place) for (pos, _), place in zip(words, places, strict=True)]
+
+    def _words_alone(self, words: list[str]) -> list[list[int]]:
+        """The phoneme ids of each word said on its own.
+
+        One espeak call for all of them: the words, stripped of the punctuation at their
+        edges, joined by commas, which espeak keeps as clause breaks (a ``,`` phoneme)
+        and never joins across, so the phonemes split back into one part per word.
+        (A call per word costs ~0.1 ms each in espeak's voice switch: 10 ms for a
+        400-character segment, on the first chunk's path.) Should espeak read the
+        commas otherwise, each word is phonemized alone after all.
+        """
+        cores = [_strip_punctuation(word) for word in words]
+        spoken = [core for core in cores if core]
+        parts: list[list[str]] = [[]]
+        with _PHONEMIZE_LOCK:
+            sentences = self._phonemizer.phonemize(", ".join(spoken)) if spoken else []
+            for sentence in sentences:
+                for phoneme in sentence:
+                    if phoneme == ",":
+                        parts.append([])
+                    elif phoneme != " ":
+                        parts[-1].append(phoneme)
+            if len(parts) != len(spoken):
+                logger.debug(f"Piper: {len(spoken)} words read as {len(parts)}; one by one")
+                parts = [
+                    [p for sentence in self._phonemizer.phonemize(core) for p in sentence]
+                    for core in spoken
+                ]
+        by_core = iter(parts)
+        ids: list[list[int]] = []
+        for core in cores:
+            phonemes = next(by_core) if core else []
+            ids.append(self._phonemizer.phonemes_to_ids(phonemes) if phonemes else [])
+        return ids
+
     def stream(self, request: SynthesisRequest) -> Iterator[AudioPiece]:
         if not self.loaded:
             raise BackendUnavailable("Piper backend used before load()")
+        assert self._classes is not None
         scales = self._scales.copy()
         if self.native_speed:
             scales[1] = scales[1] / request.speed
         seed = request.options.get("seed")
         pause = np.zeros(int(SENTENCE_PAUSE_S * self.sample_rate), np.float32)
-        for index, ids in enumerate(self.phoneme_ids(request.text)):
+        sentences = self.phoneme_ids(request.text)
+        places = self.word_places(request.text, sentences)
+        for index, ids in enumerate(sentences):
             if request.stop.is_set():
                 return
             if index:
+                # Later sentences start after the pause: their marks are on their own
+                # pieces, so the pause shifts them with it.
                 yield AudioPiece(pause)
             sentence_seed = None if seed is None else int(seed) + SEED_STRIDE * index
-            latent, mask = self._run_frontend(ids, scales, sentence_seed)
-            yield from self._decode_windows(latent, mask, request.stop)
+            latent, mask, durations = self.run_frontend(ids, scales, sentence_seed)
+            frames = latent.shape[2]
+            marks = sorted(
+                (start_frame(place, ids, durations, frames, self._classes), pos)
+                for pos, place in places
+                if place.sentence == index
+            )
+            yield from self._decode_windows(latent, mask, request.stop, marks)
 
-    def _run_frontend(
+    def run_frontend(
         self, ids: list[int], scales: np.ndarray, seed: int | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """The front half for one sentence: latent z_p [1, C, frames], its mask, durations.
+
+        ``durations`` are the duration predictor's frames per phoneme id (``len(ids)``
+        integers summing to ``frames``), or ``None`` if the timed front half could not
+        be made (:func:`ensure_timed_frontend`).
+        """
         ids_array = np.array([ids], dtype=np.int64)
         feed = {
             "input": ids_array,
@@ -234,12 +408,23 @@ class PiperBackend(SpeechBackend):
             "scales": scales,
         }
         feed = {k: v for k, v in feed.items() if k in self._frontend_inputs}
+        names = self._frontend_outputs
         if seed is not None:
-            outputs = self._seeded_frontend(seed).run(None, feed)
+            outputs = self._seeded_frontend(seed).run(names, feed)
         else:
             # Once per segment: its scratch memory is given back right away.
-            outputs = self._frontend.run(None, feed, self._releasing_run)
-        return outputs[0], outputs[1]
+            outputs = self._frontend.run(names, feed, self._releasing_run)
+        durations = None
+        if len(outputs) > 2:
+            durations = np.rint(np.asarray(outputs[2]).reshape(-1)).astype(np.int64)
+        return outputs[0], outputs[1], durations
+
+    def _run_frontend(
+        self, ids: list[int], scales: np.ndarray, seed: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The latent and its mask only (what decoding needs)."""
+        latent, mask, _ = self.run_frontend(ids, scales, seed)
+        return latent, mask
 
     def _seeded_frontend(self, seed: int) -> Any:
         """A fresh frontend session whose duration and prior noise are fixed by ``seed``.
@@ -260,8 +445,17 @@ class PiperBackend(SpeechBackend):
         return np.asarray(out, dtype=np.float32).reshape(-1)
 
     def _decode_windows(
-        self, latent: np.ndarray, mask: np.ndarray, stop: threading.Event
+        self,
+        latent: np.ndarray,
+        mask: np.ndarray,
+        stop: threading.Event,
+        marks: Sequence[tuple[int, int]] = (),
     ) -> Iterator[AudioPiece]:
+        """Decode ``latent`` window by window; ``marks`` are (frame, text position) words.
+
+        Each piece carries the marks of the words starting in its frames, at their
+        sample (frame × hop) within the piece.
+        """
         frames = latent.shape[2]
         start = window = 0
         while start < frames:
@@ -279,5 +473,13 @@ class PiperBackend(SpeechBackend):
             )[0]
             audio = np.asarray(out, dtype=np.float32).reshape(-1)
             offset = (start - lo) * self._hop
-            yield AudioPiece(np.clip(audio[offset : offset + (end - start) * self._hop], -1.0, 1.0))
+            words = tuple(
+                (pos, (frame - start) * self._hop)
+                for frame, pos in marks
+                if start <= frame < end or (end >= frames and frame >= end)
+            )
+            yield AudioPiece(
+                np.clip(audio[offset : offset + (end - start) * self._hop], -1.0, 1.0),
+                words=words,
+            )
             start, window = end, window + 1

@@ -20,6 +20,7 @@ from loguru import logger
 
 from ...models.vibevoice_realtime.checkpoint import CheckpointNotFoundError, resolve_model_dir
 from ..config import TTSConfig
+from ..word_timing import WindowWords
 from .base import AudioPiece, BackendUnavailable, SpeechBackend, SynthesisRequest
 
 REQUIRED_PACKAGES = ("torch", "transformers", "diffusers", "safetensors", "tokenizers")
@@ -249,6 +250,7 @@ class VibeVoiceBackend(SpeechBackend):
 
     def stream(self, request: SynthesisRequest) -> Iterator[AudioPiece]:
         from ...models.vibevoice_realtime.generation import (
+            SPEECH_WINDOW,
             WAITING,
             TextTokenStream,
             TorchNoise,
@@ -268,6 +270,10 @@ class VibeVoiceBackend(SpeechBackend):
             items = self._batcher.submit(preset, tokens, settings, noise, request.stop)
         else:
             items = generate(model, preset, tokens, settings, noise, request.stop)
+        # Window-level word timing: each word of a window's text starts somewhere in the
+        # window's speech (see WindowWords for why nothing finer is known).
+        words = WindowWords(SPEECH_WINDOW)
+        finished = False
         try:
             for item in items:
                 if item is WAITING:
@@ -279,6 +285,13 @@ class VibeVoiceBackend(SpeechBackend):
                 if span is None:  # speech after the text ran out: no new text in this window
                     end = len(tokens.text.rstrip())
                     span = (end, end)
-                yield AudioPiece(item.audio, text_span=span)
+                marks = words.latent(item.window, span, tokens.text, item.audio.size)
+                yield AudioPiece(item.audio, text_span=span, words=marks)
+            finished = not request.stop.is_set()
         finally:
             items.close()  # leaves the batch (or closes the generator) at once
+        rest = words.rest() if finished else []
+        if rest:
+            # The model ended (EOS, latent cap) before the place the spread gave these
+            # words in the last window: they start no later than the end of its audio.
+            yield AudioPiece(np.zeros(0, np.float32), words=tuple((pos, 0) for pos in rest))

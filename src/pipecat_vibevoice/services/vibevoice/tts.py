@@ -4,6 +4,16 @@ The service adapts the engine's chunk stream to Pipecat frames and leaves the re
 :class:`~pipecat.services.tts_service.TTSService`: text aggregation, audio contexts,
 ``TTSStartedFrame``/``TTSStoppedFrame``, text frames and the TTFB metric.
 
+Text frames are word by word, the Pipecat way for services that know word times
+(``push_text_frames=False``): every engine chunk lists the words that start in it and
+when (Piper: the duration predictor's frames; VibeVoice: window-level estimates), and
+the service reports them with ``add_word_timestamps`` right behind the chunk's audio.
+The base turns them into ``TTSTextFrame``s whose ``pts`` is the word's presentation
+time, so the output transport releases each word as its audio plays; the assistant
+aggregator after ``transport.output()`` records only words that were heard, and RTVI
+clients get ``bot-tts-text`` word by word. An interruption drops the words not yet
+released with the audio not yet played.
+
 Two ways text reaches the engine:
 
 * ``TextAggregationMode.SENTENCE`` (default): ``run_tts`` gets one sentence and yields
@@ -15,9 +25,8 @@ Two ways text reaches the engine:
   :class:`~pipecat_vibevoice.engine.GrowingText`, which a background task speaks as
   one engine request, appending the audio to the audio context (see
   :mod:`.token_turns`). The context is closed once the turn's text is complete and
-  the engine is done; an interruption cancels the task. Each sentence's
-  ``TTSTextFrame`` is held until the engine's audio has passed its text (chunk text
-  spans), so only what was spoken reaches the assistant context.
+  the engine is done; an interruption cancels the task. The words come from the same
+  engine stream, with times from the start of the turn's audio.
 
 The service knows no transport: it only emits frames.
 """
@@ -28,7 +37,7 @@ import asyncio
 import copy
 import time
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,7 +51,6 @@ from pipecat.frames.frames import (
     InterruptionFrame,
     StartFrame,
     TTSAudioRawFrame,
-    TTSTextFrame,
 )
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.settings import TTSSettings
@@ -51,7 +59,7 @@ from pipecat.utils.errors import ErrorCategory
 from pipecat.utils.tracing.service_decorators import traced_tts
 from pipecat.utils.types import NOT_GIVEN, NotGiven, is_given
 
-from ...engine import GrowingText, TTSConfig, TTSEngine, get_tts_engine
+from ...engine import GrowingText, SpeechChunk, TTSConfig, TTSEngine, get_tts_engine
 from ...engine.controls import CONTROLS, VIBEVOICE_CONTROLS, ControlError
 from .token_turns import TokenTurn
 
@@ -68,6 +76,33 @@ END_OF_TURNS_TIMEOUT_S = 30.0
 # Voices already warmed per engine. Engines are shared by every session of a
 # process, so this keeps the warm-up a once-per-process cost.
 _warmed: weakref.WeakKeyDictionary[TTSEngine, set[str]] = weakref.WeakKeyDictionary()
+
+
+@dataclass
+class ContextClock:
+    """Where an audio context's chunks fall on the listener's timeline.
+
+    Word times must be seconds from the start of the context's audio as it plays. The
+    engine gives them from the start of its own request, and one context may take
+    several requests (the sentences of an LLM turn share one context) or wait for text
+    mid-request (a slow LLM in token mode). The output transport plays chunks back to
+    back while it has audio, and a chunk that arrives after the audio ran out plays at
+    once: so a chunk starts at the end of the audio before it, or at the time elapsed
+    since the context's first chunk if that is later (an underrun: the silence moves
+    its words later, as it moves the audio).
+    """
+
+    first_at: float | None = None  # time.monotonic() of the context's first chunk
+    audio_s: float = 0.0  # end of the context's audio so far on its timeline
+
+    def place(self, chunk: SpeechChunk, now: float) -> list[tuple[str, float]]:
+        """Note ``chunk`` produced at ``now``; its words with times on the context's timeline."""
+        if self.first_at is None:
+            self.first_at, start = now, 0.0
+        else:
+            start = max(self.audio_s, now - self.first_at)
+        self.audio_s = start + (chunk.end_s - chunk.start_s)
+        return [(word, start + max(0.0, at - chunk.start_s)) for word, at in chunk.words]
 
 
 @dataclass
@@ -184,10 +219,12 @@ class VibeVoiceTTSService(TTSService):
                     setattr(settings, name, CONTROLS[name].check(value))
             default_settings.apply_update(settings)
 
-        # 4. The base service: it emits the start/stop frames; token mode needs one
-        #    context (one engine request) per turn, not one per token.
+        # 4. The base service: it emits the start/stop frames and the word-timed text
+        #    frames (no whole-sentence ones: we report word times); token mode needs
+        #    one context (one engine request) per turn, not one per token.
         kwargs.pop("push_start_frame", None)
         kwargs.pop("push_stop_frames", None)
+        kwargs.pop("push_text_frames", None)
         if text_aggregation_mode == TextAggregationMode.TOKEN and not kwargs.get(
             "reuse_context_id_within_turn", True
         ):
@@ -198,6 +235,7 @@ class VibeVoiceTTSService(TTSService):
         super().__init__(
             push_start_frame=True,
             push_stop_frames=True,
+            push_text_frames=False,
             # Audio carries its context ID, so frames need not wait (see #4418).
             pause_frame_processing=False,
             text_aggregation_mode=text_aggregation_mode,
@@ -213,6 +251,8 @@ class VibeVoiceTTSService(TTSService):
         self._token_turns: dict[str, TokenTurn] = {}
         # Contexts whose text the engine refused (bad input, already reported).
         self._refused_contexts: set[str] = set()
+        # Where each open context's audio stands, to time its words.
+        self._clocks: dict[str, ContextClock] = {}
 
     @property
     def engine(self) -> TTSEngine | None:
@@ -389,27 +429,26 @@ class VibeVoiceTTSService(TTSService):
             yield frame
 
     async def _synthesize_frames(
-        self,
-        engine: TTSEngine,
-        text: str | GrowingText,
-        context_id: str,
-        before_audio: Callable[[int], Awaitable[None]] | None = None,
+        self, engine: TTSEngine, text: str | GrowingText, context_id: str
     ) -> AsyncIterator[Frame]:
         """One engine request as frames: audio chunks, or an ErrorFrame on failure.
 
-        ``before_audio(offset)`` is awaited before each chunk whose text span starts at
-        ``offset`` (a character index of the request text), so a caller can place text
-        frames right after the audio that spoke them. ``aclosing`` makes sure the
-        engine's generator is closed on every exit, cancellation included, which sets
-        its stop event before the next model call.
+        Once a chunk's audio frame has been taken (and so appended to the audio
+        context), the words that start in it are reported with
+        ``add_word_timestamps``: they follow their audio in the context's queue, and
+        their times are placed on the context's timeline (:class:`ContextClock`).
+        ``aclosing`` makes sure the engine's generator is closed on every exit,
+        cancellation included, which sets its stop event before the next model call.
         """
         try:
             chunks = engine.stream_chunks(text, **self._request_kwargs(engine))
             async with aclosing(chunks):
                 async for chunk in chunks:
-                    if before_audio is not None and chunk.text_span is not None:
-                        await before_audio(chunk.text_span[0])
+                    clock = self._clocks.setdefault(context_id, ContextClock())
+                    words = clock.place(chunk, time.monotonic())
                     yield await self._audio_frame(chunk.pcm, engine, context_id)
+                    if words:
+                        await self.add_word_timestamps(words, context_id)
         except ValueError as exc:
             # Bad voice, text or controls: the request's fault, not the engine's.
             logger.warning(f"{self}: request refused: {exc}")
@@ -490,19 +529,13 @@ class VibeVoiceTTSService(TTSService):
         """Speak one turn's growing text into its audio context, then close the context."""
         context_id = turn.context_id
         try:
-            frames = self._synthesize_frames(
-                engine,
-                turn.text,
-                context_id,
-                before_audio=lambda offset: self._release_text(turn, offset),
-            )
+            frames = self._synthesize_frames(engine, turn.text, context_id)
             async with aclosing(frames):
                 async for frame in frames:
                     await self.append_to_audio_context(context_id, frame)
             # A failed request stops reading; wait for the end of the turn anyway,
-            # so the context is not closed before the turn's text frames are queued.
+            # so the context is not closed before the turn's text is all in.
             await turn.text.wait_closed()
-            await self._release_text(turn, None)
             if self.audio_context_available(context_id):
                 await self.remove_audio_context(context_id)
         finally:
@@ -511,43 +544,10 @@ class VibeVoiceTTSService(TTSService):
             if len(turn.text):
                 logger.debug(f"{self}: turn {context_id[:8]} done ({turn.text.pieces} pieces)")
 
-    async def _push_sequencer_frames(self, frames: list[Frame], context_id: str | None) -> None:
-        """In TOKEN mode, hold each sentence's ``TTSTextFrame`` until its audio is out.
-
-        Pipecat regroups streamed tokens into sentences and emits a sentence's
-        ``TTSTextFrame`` (what the assistant context records as said) as soon as the
-        sentence is complete: before the engine has spoken it. After an interruption the
-        context would then hold words the user never heard. Held frames are released
-        into the audio context once the engine's audio has moved past their text (by
-        the chunks' text spans) and are dropped with the turn on interruption.
-        Frames queued behind a held one wait too, so their order is kept.
-        """
-        turn = self._token_turns.get(context_id) if context_id else None
-        if turn is None:
-            await super()._push_sequencer_frames(frames, context_id)
-            return
-        passing: list[Frame] = []
-        for frame in frames:
-            if isinstance(frame, TTSTextFrame) or turn.held.frames:
-                turn.held.hold(frame)
-            else:
-                passing.append(frame)
-        if passing:
-            await super()._push_sequencer_frames(passing, context_id)
-
-    async def _release_text(self, turn: TokenTurn, upto: int | None) -> None:
-        """Release the turn's held frames whose text ends at or before ``upto`` (all: ``None``)."""
-        for frame in turn.held.release(upto):
-            if self.audio_context_available(turn.context_id):
-                await self.append_to_audio_context(turn.context_id, frame)
-            else:
-                await self.push_frame(frame)
-
     async def _cancel_token_turn(self, context_id: str) -> None:
         turn = self._token_turns.pop(context_id, None)
         if turn is None:
             return
-        turn.held.drop()  # never spoken: never in the context
         # Cancel first: to the engine a closed text means "complete, speak the rest",
         # so closing before cancelling could start one more sentence.
         if turn.task is not None and not turn.task.done():
@@ -567,7 +567,16 @@ class VibeVoiceTTSService(TTSService):
         the task running ``run_tts`` and with it the engine's generator.
         """
         self._refused_contexts.discard(context_id)  # interrupted contexts are not counted
+        self._clocks.pop(context_id, None)
         await self._cancel_token_turn(context_id)
+
+    async def on_audio_context_completed(self, context_id: str) -> None:
+        """Forget the context's clock: audio that comes later opens a fresh context.
+
+        That happens after ``stop_frame_timeout_s`` without audio (a slow LLM); the
+        base then times the new context's words from its own first audio.
+        """
+        self._clocks.pop(context_id, None)
 
     async def _handle_interruption(self, frame: InterruptionFrame, direction: FrameDirection):
         """Also stop turns whose audio context the base no longer lists.
@@ -582,3 +591,6 @@ class VibeVoiceTTSService(TTSService):
             context = self._tts_contexts.get(context_id)
             if context is None or context.interruptible:
                 await self._cancel_token_turn(context_id)
+        for context_id in list(self._clocks):
+            if not self.audio_context_available(context_id):
+                self._clocks.pop(context_id)
