@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 ANSWER = ["The sky ", "is blue ", "because air ", "scatters blue light."]
 
 
-def fake_openai_server(requests: list[dict]) -> FastAPI:
+def fake_openai_server(requests: list[dict], answer: list[str] = ANSWER) -> FastAPI:
     app = FastAPI()
 
     @app.post("/v1/chat/completions")
@@ -35,7 +35,7 @@ def fake_openai_server(requests: list[dict]) -> FastAPI:
         requests.append({"body": body, "auth": request.headers.get("authorization")})
 
         async def stream():
-            for i, piece in enumerate(ANSWER):
+            for i, piece in enumerate(answer):
                 chunk = {
                     "id": "chatcmpl-1",
                     "object": "chat.completion.chunk",
@@ -105,6 +105,65 @@ async def test_bot_answers_with_the_llm_server(tmp_path, speech, monkeypatch):
         assert messages[0] == {"role": "system", "content": "Be brief."}
         assert messages[-1]["role"] == "user"
         assert "time" in messages[-1]["content"].lower()
+    finally:
+        stop_bot(bot)
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+STORY = [
+    "Once upon a time ",
+    "there was a brave ",
+    "little dog who lived ",
+    "by the sea. ",
+    "Every morning he ",
+    "ran along the beach ",
+    "and barked at the waves.",
+]
+
+
+def words_heard(client: VoiceClient, until: float) -> list[str]:
+    """The bot's words (RTVI ``bot-tts-text``, one per word as it plays) before ``until``."""
+    return [
+        m["data"]["text"]
+        for t, m in client.events.messages
+        if m.get("type") == "bot-tts-text" and t <= until
+    ]
+
+
+async def test_after_a_barge_in_the_context_holds_the_words_that_were_heard(tmp_path, speech):
+    """The next LLM request remembers the interrupted answer as far as it was spoken."""
+    requests: list[dict] = []
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            fake_openai_server(requests, STORY), host="127.0.0.1", port=port, log_level="warning"
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    bot = start_bot(tmp_path, "--llm-url", f"http://127.0.0.1:{port}/v1")
+    try:
+        async with VoiceClient(bot.ws_url) as client:
+            await asyncio.sleep(0.5)
+            asked = await client.say(speech["question"])
+            heard = await client.wait_bot_audio(asked.end, timeout=20)
+            # Barge in while the first sentence plays (it lasts ~3 s), while audible.
+            await asyncio.sleep(max(0.0, heard + 1.4 - time.monotonic()))
+            await client.wait_for(lambda: client.player.is_audible(time.monotonic()), timeout=5)
+            barge, done = client.say_nowait(speech["barge"])
+            await done
+            quiet = client.player.last_audible_between(barge.onset - 0.1, barge.end)
+            assert quiet is not None, "the bot was not audible when the user barged in"
+            await client.wait_for(lambda: len(requests) >= 2, timeout=20)
+        answered = [m for m in requests[1]["body"]["messages"] if m["role"] == "assistant"]
+        assert answered, "the interrupted answer is missing from the next request"
+        kept = answered[-1]["content"].split()
+        full = "".join(STORY).split()
+        heard_words = words_heard(client, quiet)
+        assert kept == full[: len(kept)], f"not a prefix of the answer: {kept}"
+        assert 0 < len(kept) < len(full), kept
+        assert abs(len(kept) - len(heard_words)) <= 1, (kept, heard_words)
     finally:
         stop_bot(bot)
         server.should_exit = True

@@ -14,6 +14,11 @@ speech it is **released** and goes out as it was, if it was speech the interrupt
 deliver the chunk being written. Any client then falls silent within the one or two
 chunks it has buffered. A hold never outlasts :data:`MAX_HOLD_S`, so a lost release
 cannot silence the bot for good.
+
+The bot's word-timed text (``TTSTextFrame`` s with a presentation time, released by the
+output's clock so that the assistant context records only what was heard) is held with
+the audio: words due during a hold reach the context only if the hold is released, never
+when it ends in an interruption — the user did not hear them.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from typing import Any
 
 from fastapi import WebSocket
 from loguru import logger
-from pipecat.frames.frames import Frame, InterruptionFrame, OutputAudioRawFrame
+from pipecat.frames.frames import Frame, InterruptionFrame, OutputAudioRawFrame, TTSTextFrame
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.transports.websocket.fastapi import (
     FastAPIWebsocketOutputTransport,
@@ -47,6 +52,7 @@ class HoldingOutputTransport(FastAPIWebsocketOutputTransport):
         self._released.set()
         self._held_since: float | None = None
         self._generation = 0  # bumped by every interruption and drop
+        self._held_words: list[Frame] = []  # word frames that came due during the hold
         self.holds = 0
 
     # -- the hold -------------------------------------------------------------------------
@@ -54,16 +60,27 @@ class HoldingOutputTransport(FastAPIWebsocketOutputTransport):
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         """Follow the speech gate's playback control; an interruption ends any hold."""
         if isinstance(frame, InterruptionFrame):
-            self._end_hold(discard=True)
+            await self._end_hold(discard=True)
         elif isinstance(frame, PlaybackControlFrame):
             if frame.action == "hold":
                 self._hold()
             elif frame.action == "release":
-                self._end_hold(discard=False)
+                await self._end_hold(discard=False)
             else:  # drop: what is queued is stale and no interruption will come
-                self._end_hold(discard=True)
+                await self._end_hold(discard=True)
                 await self._drop_queued_audio()
         await super().process_frame(frame, direction)
+
+    async def push_frame(self, frame: Frame, direction: FrameDirection = FrameDirection.DOWNSTREAM):
+        """Keep the bot's words back while its audio is held (see the module docstring)."""
+        if (
+            self._held_since is not None
+            and direction == FrameDirection.DOWNSTREAM
+            and isinstance(frame, TTSTextFrame)
+        ):
+            self._held_words.append(frame)
+            return
+        await super().push_frame(frame, direction)
 
     async def _drop_queued_audio(self) -> None:
         """Discard the audio not sent yet, here and at the client, as an interruption would.
@@ -80,7 +97,7 @@ class HoldingOutputTransport(FastAPIWebsocketOutputTransport):
             self.holds += 1
             self._released.clear()
 
-    def _end_hold(self, discard: bool) -> None:
+    async def _end_hold(self, discard: bool) -> None:
         if discard:
             self._generation += 1
         if self._held_since is not None:
@@ -88,6 +105,10 @@ class HoldingOutputTransport(FastAPIWebsocketOutputTransport):
             logger.debug(f"{self}: hold ended after {held_ms:.0f} ms (discard={discard})")
         self._held_since = None
         self._released.set()
+        words, self._held_words = self._held_words, []
+        if not discard:
+            for word in words:  # played after all: they reach the context now
+                await super().push_frame(word)
 
     async def write_audio_frame(self, frame: OutputAudioRawFrame) -> bool:
         """Write a chunk unless it is held; a held chunk an interruption discards is dropped."""
@@ -97,7 +118,7 @@ class HoldingOutputTransport(FastAPIWebsocketOutputTransport):
                 await asyncio.wait_for(self._released.wait(), MAX_HOLD_S)
             except TimeoutError:
                 logger.warning(f"{self}: no release after {MAX_HOLD_S}s of hold; playing on")
-                self._end_hold(discard=False)
+                await self._end_hold(discard=False)
         if generation != self._generation:
             return False  # discarded: neither sent nor passed on
         return await super().write_audio_frame(frame)
