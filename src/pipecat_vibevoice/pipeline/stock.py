@@ -23,10 +23,9 @@ from pipecat.processors.aggregators.llm_response_universal import (
 )
 from pipecat.transports.base_transport import BaseTransport
 
-from .builder import AUDIO_IN_RATE, AUDIO_OUT_RATE
+from .builder import AUDIO_IN_RATE, AUDIO_OUT_RATE, make_llm
 from .config import BotConfig
 from .models import bundled_whisper_path
-from .responder import OfflineResponder
 
 PIPER_VOICE_ID = "en_US-joe-medium"
 
@@ -67,7 +66,7 @@ def build_stock_pipeline(
             transport.input(),
             stt,
             aggregators.user(),
-            OfflineResponder(),
+            make_llm(config),  # the same LLM (or offline responder) as our pipeline
             tts,
             transport.output(),
             aggregators.assistant(),
