@@ -11,6 +11,7 @@ PACKAGE = "pipecat_vibevoice"
 #: Lower number = lower floor; a module may import only its own floor or lower ones.
 FLOORS = {
     "settings_base": 0,
+    "web_access": 0,
     "wav": 0,
     "models": 1,
     "engine": 2,
