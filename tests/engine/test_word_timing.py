@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from pipecat_vibevoice.engine import GrowingText, TTSConfig, TTSEngine
-from pipecat_vibevoice.engine.backends.piper import (
+from pipecat_vibevoice.engine.backends.piper import SENTENCE_PAUSE_S
+from pipecat_vibevoice.engine.backends.piper_graph import (
     DURATIONS_OUTPUT,
-    SENTENCE_PAUSE_S,
     ensure_timed_frontend,
     find_durations_tensor,
 )

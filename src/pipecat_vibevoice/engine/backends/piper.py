@@ -15,7 +15,7 @@ Word timestamps come from the duration predictor. The front half computes how ma
 frames each phoneme id lasts (``w_ceil = ceil(exp(logw) · mask · length_scale)``, the
 ``Ceil`` before the monotonic expansion) but the split graph does not output it, so we
 keep a variant of the front half that also outputs those counts
-(:func:`ensure_timed_frontend`). A word starts at the sum of the durations before its
+(:func:`.piper_graph.ensure_timed_frontend`). A word starts at the sum of the durations before its
 first sound (:mod:`..word_timing`), exact to a frame (11.6 ms).
 """
 
@@ -34,6 +34,7 @@ from loguru import logger
 from ..memory import pin_mmap_threshold
 from ..word_timing import PhonemeClasses, PhonemePlace, place_words, start_frame, text_words
 from .base import AudioPiece, BackendUnavailable, SpeechBackend, SynthesisRequest
+from .piper_graph import DURATIONS_OUTPUT, ensure_timed_frontend
 
 #: Frames per decoder window: small first (fast first chunk), then larger (efficiency).
 #: The first window (24 frames, 279 ms) yields three 80 ms chunks, so a listener has
@@ -51,11 +52,6 @@ SENTENCE_PAUSE_S = 0.12
 #: A seeded utterance gives sentence i the seed ``seed + SEED_STRIDE * i``: each
 #: sentence its own noise (two nodes per graph take ``seed`` and ``seed + 1``).
 SEED_STRIDE = 1000
-
-#: Name of the per-phoneme frame counts in our variant of the front half.
-DURATIONS_OUTPUT = "phoneme_frames"
-#: File name of that variant, next to the split graphs: ``<voice>`` + this.
-TIMED_FRONTEND_SUFFIX = ".frontend-durations.onnx"
 
 # espeak-ng (behind Piper's phonemizer) keeps global state; one caller at a time.
 _PHONEMIZE_LOCK = threading.Lock()
@@ -75,83 +71,9 @@ def bundled_voice_files() -> tuple[Path, Path]:
 
 def default_cache_dir() -> Path:
     """Where the split graphs are kept between runs."""
-    import os
 
     base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     return base / "pipecat-vibevoice" / "piper"
-
-
-def find_durations_tensor(model: Any) -> str:
-    """The tensor of per-phoneme frame counts in a VITS front half, found by structure.
-
-    VITS rounds the duration predictor's output up to whole frames (``Ceil``) and feeds
-    the result to a ``CumSum`` (the monotonic expansion of phonemes to frames) and a
-    ``ReduceSum`` (the frame count). Node names differ between exports, so the ``Ceil``
-    is recognised by feeding a ``CumSum`` within a few element-wise steps; a graph with
-    exactly one ``Ceil`` needs no further check.
-    """
-    graph = model.graph
-    users: dict[str, list[Any]] = {}
-    for node in graph.node:
-        for name in node.input:
-            users.setdefault(name, []).append(node)
-    passthrough = {"Cast", "Identity", "Mul", "Squeeze", "Unsqueeze", "Reshape"}
-
-    def reaches_cumsum(name: str, depth: int = 3) -> bool:
-        for node in users.get(name, []):
-            if node.op_type == "CumSum":
-                return True
-            if depth and node.op_type in passthrough:
-                if any(reaches_cumsum(out, depth - 1) for out in node.output):
-                    return True
-        return False
-
-    ceils = [node.output[0] for node in graph.node if node.op_type == "Ceil"]
-    feeding = [name for name in ceils if reaches_cumsum(name)]
-    if len(feeding) == 1:
-        return feeding[0]
-    if len(ceils) == 1:
-        return ceils[0]
-    raise ValueError(
-        f"cannot tell the duration tensor of this VITS front half: Ceil outputs {ceils}"
-    )
-
-
-def ensure_timed_frontend(frontend: Path) -> Path:
-    """The split front half with the per-phoneme frame counts as an extra output.
-
-    Made once from ``frontend`` (``<voice>.frontend.onnx`` of ``streaming-vits``) and
-    kept next to it as ``<voice>`` + :data:`TIMED_FRONTEND_SUFFIX`, rebuilt when the
-    split graph is newer. The surgery only adds an ``Identity`` named
-    :data:`DURATIONS_OUTPUT` on the duration tensor (:func:`find_durations_tensor`) and
-    lists it as a graph output: every other node, and so the latent, is unchanged. The
-    file is written under a temporary name and renamed, so concurrent loads never read
-    half a file. ``streaming_vits.graph.seeded_frontend_session`` loads it like the
-    plain front half (it only stamps seeds on the noise nodes).
-    """
-    import onnx
-
-    name = frontend.name.removesuffix(".frontend.onnx").removesuffix(".onnx")
-    target = frontend.with_name(name + TIMED_FRONTEND_SUFFIX)
-    if target.is_file() and target.stat().st_mtime >= frontend.stat().st_mtime:
-        return target
-    model = onnx.load(str(frontend))
-    if not any(o.name == DURATIONS_OUTPUT for o in model.graph.output):
-        durations = find_durations_tensor(model)
-        model.graph.node.append(
-            onnx.helper.make_node("Identity", [durations], [DURATIONS_OUTPUT], name="durations")
-        )
-        model.graph.output.append(
-            onnx.helper.make_tensor_value_info(DURATIONS_OUTPUT, onnx.TensorProto.FLOAT, None)
-        )
-    tmp = target.with_name(f"{name}.tmp{os.getpid()}.{threading.get_ident()}.onnx")
-    try:
-        onnx.save(model, str(tmp))
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    logger.info(f"Piper: front half with phoneme durations written to {target}")
-    return target
 
 
 def _strip_punctuation(word: str) -> str:
@@ -399,7 +321,7 @@ class PiperBackend(SpeechBackend):
 
         ``durations`` are the duration predictor's frames per phoneme id (``len(ids)``
         integers summing to ``frames``), or ``None`` if the timed front half could not
-        be made (:func:`ensure_timed_frontend`).
+        be made (:func:`.piper_graph.ensure_timed_frontend`).
         """
         ids_array = np.array([ids], dtype=np.int64)
         feed = {
