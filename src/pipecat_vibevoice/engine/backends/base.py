@@ -70,7 +70,9 @@ class SpeechBackend(ABC):
     name: str = "backend"
     #: Native output rate in Hz.
     sample_rate: int = 24000
-    #: True when ``speed`` is applied by the model itself (no DSP time-stretch needed).
+    #: True when ``speed`` is applied by the model itself (no DSP time-stretch needed):
+    #: Piper (its duration predictor's ``length_scale``). VibeVoice has no native
+    #: speed today, so the engine time-stretches its audio (``audio.SpeedPitchStage``).
     native_speed: bool = False
     #: True when :meth:`stream` can consume ``request.growing_text`` as text arrives;
     #: otherwise the engine feeds it whole sentences as they complete.

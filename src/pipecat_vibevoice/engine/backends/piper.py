@@ -17,6 +17,11 @@ frames each phoneme id lasts (``w_ceil = ceil(exp(logw) · mask · length_scale)
 keep a variant of the front half that also outputs those counts
 (:func:`.piper_graph.ensure_timed_frontend`). A word starts at the sum of the durations before its
 first sound (:mod:`..word_timing`), exact to a frame (11.6 ms).
+
+Speed is native: it scales the duration predictor (``length_scale``, through the
+measured curve :func:`length_scale_for`), so phonemes last longer or shorter before the
+vocoder instead of the samples being stretched afterwards; the durations, and so the
+word times, are those of the spoken speed. The pause between sentences scales too.
 """
 
 from __future__ import annotations
@@ -53,6 +58,23 @@ SENTENCE_PAUSE_S = 0.12
 #: sentence its own noise (two nodes per graph take ``seed`` and ``seed + 1``).
 SEED_STRIDE = 1000
 
+#: How ``length_scale`` changes a sentence's frame count on this voice: frames at the
+#: scale / frames at 1.0. Not proportional: every phoneme id lasts at least one frame
+#: and ``ceil`` adds about half a frame to each (``w_ceil = ceil(w · length_scale)``),
+#: so 0.5 gives 0.64x, not 0.5x. Measured on ``en_US-joe-medium`` with the front half's
+#: frame count (six sentences of 17-245 ids, seeds 7 and 8, the mean; the spread
+#: between sentences is ±0.02-0.04 from 0.3 to 2.0, ±0.06 at the ends, where the short
+#: "Okay." differs most). The voice cannot go much below ~0.47x: half its ids are the
+#: pads between phonemes, already at the one-frame floor.
+LENGTH_SCALES = (
+    0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.75, 0.9,
+    1.0, 1.15, 1.33, 1.5, 1.75, 2.0, 2.3, 2.6,
+)  # fmt: skip
+FRAME_RATIOS = (
+    0.463, 0.472, 0.491, 0.514, 0.539, 0.577, 0.636, 0.694, 0.828, 0.955,
+    1.0, 1.080, 1.225, 1.363, 1.564, 1.753, 1.985, 2.220,
+)  # fmt: skip
+
 # espeak-ng (behind Piper's phonemizer) keeps global state; one caller at a time.
 _PHONEMIZE_LOCK = threading.Lock()
 
@@ -86,14 +108,33 @@ def _strip_punctuation(word: str) -> str:
     return word[start:end]
 
 
+def length_scale_for(speed: float) -> float:
+    """The ``length_scale`` factor that makes speech last ``1 / speed`` of its length.
+
+    Inverts the measured curve :data:`FRAME_RATIOS` (linear between its points, linear
+    beyond its ends); 1.0 for speed 1.0 exactly.
+    """
+    if speed == 1.0:
+        return 1.0
+    ratio = 1.0 / speed
+    scales, ratios = LENGTH_SCALES, FRAME_RATIOS
+    if ratio < ratios[0]:
+        i = 0
+    elif ratio > ratios[-1]:
+        i = len(ratios) - 2
+    else:
+        return float(np.interp(ratio, ratios, scales))
+    slope = (scales[i + 1] - scales[i]) / (ratios[i + 1] - ratios[i])
+    return max(0.05, scales[i] + (ratio - ratios[i]) * slope)
+
+
 class PiperBackend(SpeechBackend):
     """Piper voice streamed window by window over a split VITS graph."""
 
     name = "piper"
-    # Piper's length_scale is not proportional to duration (measured on this voice:
-    # 0.5 -> 0.65x, 2.0 -> 1.7x the frames), so speed is left to the engine's exact
-    # time-stretch stage rather than passed to the model.
-    native_speed = False
+    # Speed goes to the duration predictor (``length_scale``, calibrated by
+    # :func:`length_scale_for`): durations change before the vocoder, so no DSP stretch.
+    native_speed = True
 
     def __init__(
         self,
@@ -291,10 +332,11 @@ class PiperBackend(SpeechBackend):
             raise BackendUnavailable("Piper backend used before load()")
         assert self._classes is not None
         scales = self._scales.copy()
-        if self.native_speed:
-            scales[1] = scales[1] / request.speed
+        # One request is one segment of whole sentences at one speed; a later request
+        # (the next sentence of a growing text) may have another.
+        scales[1] = scales[1] * length_scale_for(request.speed)
         seed = request.options.get("seed")
-        pause = np.zeros(int(SENTENCE_PAUSE_S * self.sample_rate), np.float32)
+        pause = np.zeros(int(SENTENCE_PAUSE_S / request.speed * self.sample_rate), np.float32)
         sentences = self.phoneme_ids(request.text)
         places = self.word_places(request.text, sentences)
         for index, ids in enumerate(sentences):
