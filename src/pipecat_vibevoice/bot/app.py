@@ -52,17 +52,26 @@ def create_app(
 
     """
     settings = settings or ServerSettings()
+    # A remote TTS server: no engine here, and no /v1/tts/stream of our own.
+    remote_urls = [u.strip() for u in settings.tts_url.split(",") if u.strip()]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = False
         if app.state.models is None and settings.pipeline == "vibevoice":
-            app.state.models = await load_shared_models(settings.bot, settings.tts)
+            app.state.models = await load_shared_models(
+                settings.bot,
+                settings.tts,
+                remote_tts_urls=remote_urls,
+                remote_tts_token=settings.serving.token,
+            )
             owned = True
         if app.state.models is not None:
             app.state.engine = app.state.models.tts
-            # Fail at start, not at the first call, on a voice that does not exist.
-            app.state.models.tts.resolve_voice(settings.bot.voice)
+            # Fail at start, not at the first call, on a voice that does not exist
+            # (a remote server checks its voices itself).
+            if app.state.models.tts is not None:
+                app.state.models.tts.resolve_voice(settings.bot.voice)
         logger.info(
             f"voice bot ready on http://{settings.host}:{settings.port} "
             f"(pipeline={settings.pipeline}, "
@@ -85,14 +94,15 @@ def create_app(
     for factory in ROUTER_FACTORIES:
         app.include_router(factory())
     # The TTS API for apps that only need speech, on the same engine (docs/serving.md).
-    app.include_router(
-        create_tts_router(
-            settings.serving,
-            tts_config=settings.tts,
-            access=app.state.access,
-            warm=settings.pipeline == "vibevoice",
+    if not remote_urls:
+        app.include_router(
+            create_tts_router(
+                settings.serving,
+                tts_config=settings.tts,
+                access=app.state.access,
+                warm=settings.pipeline == "vibevoice",
+            )
         )
-    )
     for router in extra_routers:
         app.include_router(router)
     return app

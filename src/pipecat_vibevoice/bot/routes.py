@@ -54,8 +54,15 @@ def bot_router() -> APIRouter:
             models = await state.models.health()
             body["models"] = models
             body["engine"] = models["tts"]
-            if models["tts"].get("status") not in ("ok", "degraded"):
-                body["status"] = "starting"
+            if state.models.remote_tts is not None:
+                # Which TTS: the remote server(s), and whether one answers.
+                body["tts"] = {"kind": "remote", "reachable": models["tts"]["reachable"]}
+                if not models["tts"]["reachable"]:
+                    body["status"] = "degraded"
+            else:
+                body["tts"] = {"kind": "engine", "engine": models["tts"].get("engine")}
+                if models["tts"].get("status") not in ("ok", "degraded"):
+                    body["status"] = "starting"
         elif settings.pipeline == "vibevoice":
             body["status"] = "starting"
         return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)

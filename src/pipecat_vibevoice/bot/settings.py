@@ -41,6 +41,11 @@ class ServerSettings(EnvSettings):
             (short FIR filters, ~3 ms, output with every message) or ``soxr`` (Pipecat's
             default stream resampler: ~0.1 s each way, in bursts; for comparison).
         log_level: loguru level for the server.
+        tts_url: Remote TTS server(s) (``ws://host:port/v1/tts/stream``, a comma-separated
+            list for failover). When set the bot loads no TTS model: every conversation
+            speaks through :class:`~pipecat_vibevoice.services.RemoteTTSService` (bearer
+            token: ``serving.token``, i.e. ``--tts-token``), and the bot does not serve
+            ``/v1/tts/stream`` itself. Empty = the in-process engine.
         bot: Conversation settings, one pipeline per connection.
         tts: Engine settings (the process-wide TTS engine).
         serving: Settings of the TTS API (``WS /v1/tts/stream``, ``GET /metrics``).
@@ -85,6 +90,13 @@ class ServerSettings(EnvSettings):
         },
     )
     log_level: LogLevel = field(default="INFO", metadata={"help": "log level"})
+    tts_url: str = field(
+        default="",
+        metadata={
+            "help": "remote TTS server(s), ws://host:port/v1/tts/stream, comma-separated for "
+            "failover: load no TTS model here (token: --tts-token); empty = in-process engine"
+        },
+    )
     bot: BotConfig = field(default_factory=BotConfig.from_env)
     tts: TTSConfig = field(default_factory=TTSConfig.from_env)
     serving: ServingSettings = field(default_factory=ServingSettings.from_env)
@@ -98,6 +110,12 @@ class ServerSettings(EnvSettings):
             raise SettingsError(
                 f"twilio_resampler must be 'line' or 'soxr', got {self.twilio_resampler!r}"
             )
+        if any(
+            not u.strip().startswith(("ws://", "wss://"))
+            for u in self.tts_url.split(",")
+            if u.strip()
+        ):
+            raise SettingsError(f"tts_url must be ws:// or wss:// URLs, got {self.tts_url!r}")
         if self.max_sessions < 0:
             raise SettingsError(f"max_sessions must be >= 0, got {self.max_sessions}")
 

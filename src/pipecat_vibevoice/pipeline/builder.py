@@ -47,13 +47,34 @@ AUDIO_OUT_RATE = 24000
 
 
 def default_tts_factory(models: SharedModels, config: BotConfig) -> FrameProcessor:
-    """Our Pipecat TTS service over the process-wide engine."""
+    """Our Pipecat TTS service over the process-wide engine, or over the remote server(s)."""
+    if models.tts is None:
+        return remote_tts_factory(models, config)
     from ..services import VibeVoiceTTSService
 
     voice = models.tts.resolve_voice(config.voice)
     return VibeVoiceTTSService(
         models.tts,
         settings=VibeVoiceTTSService.Settings(voice=voice),
+        sample_rate=AUDIO_OUT_RATE,
+    )
+
+
+def remote_tts_factory(models: SharedModels, config: BotConfig) -> FrameProcessor:
+    """A :class:`~pipecat_vibevoice.services.RemoteTTSService` on ``models.remote_tts``.
+
+    The voice goes to the server as configured (name or index; the server resolves it
+    and refuses an unknown one with an ``ErrorFrame``); ``0`` is its default voice.
+    """
+    from ..services import RemoteTTSService
+
+    if models.remote_tts is None:
+        raise RuntimeError("no TTS engine and no remote TTS server configured")
+    voice = None if config.voice in (0, "0", "") else config.voice
+    return RemoteTTSService(
+        list(models.remote_tts.urls),
+        token=models.remote_tts.token,
+        settings=RemoteTTSService.Settings(voice=voice),
         sample_rate=AUDIO_OUT_RATE,
     )
 

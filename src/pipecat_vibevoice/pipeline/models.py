@@ -4,14 +4,15 @@ Stock Pipecat services load their model in each service instance, so every new
 connection costs a fresh copy (~180 MiB for Whisper + Piper). Here the heavy,
 stateless parts are loaded once: the faster-whisper model (CTranslate2 models are
 thread-safe), Silero's ONNX session and the smart-turn ONNX session (recurrent state
-is kept per conversation, not in the session) and the TTS engine.
+is kept per conversation, not in the session) and the TTS engine, unless the bot
+speaks through a remote TTS server (:class:`RemoteTTS`): then no TTS model is loaded.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -96,21 +97,48 @@ def load_whisper_model(path: str, threads: int) -> Any:
 # -- what every conversation shares -------------------------------------------------
 
 
+@dataclass(frozen=True)
+class RemoteTTS:
+    """The remote TTS server(s) conversations speak through instead of an engine here."""
+
+    urls: tuple[str, ...]
+    token: str | None = field(default=None, repr=False)
+
+    async def health(self) -> dict[str, Any]:
+        """Which server answers (``status`` ``ok`` when one does, else ``unreachable``)."""
+        from ..services.remote import probe_remote_tts
+
+        report = await probe_remote_tts(self.urls, self.token)
+        return {"status": "ok" if report["reachable"] else "unreachable", **report}
+
+
 @dataclass
 class SharedModels:
-    """Everything heavy a conversation needs, loaded once per process."""
+    """Everything heavy a conversation needs, loaded once per process.
 
-    tts: TTSEngine
+    ``tts`` is the in-process engine, or ``None`` when ``remote_tts`` is set (the bot
+    then loads no TTS model and each conversation uses a remote TTS service).
+    """
+
+    tts: TTSEngine | None
     transcriber: Transcriber
     vad_session: Any
     turn_session: Any | None
     stt_model_path: str
     load_seconds: dict[str, float] = field(default_factory=dict)
+    remote_tts: RemoteTTS | None = None
 
     async def health(self) -> dict[str, Any]:
-        """State for ``/health``: the engine's own check plus the speech models."""
+        """State for ``/health``: the TTS (engine check or remote reachability) and speech models."""
+        tts = (
+            await self.tts.health_check()
+            if self.tts is not None
+            else await self.remote_tts.health()
+            if self.remote_tts is not None
+            else {"status": "missing"}
+        )
         return {
-            "tts": await self.tts.health_check(),
+            "tts": tts,
             "stt": {
                 "model": self.stt_model_path,
                 "transcriptions": self.transcriber.jobs,
@@ -128,12 +156,19 @@ class SharedModels:
 
 
 async def load_shared_models(
-    bot_config: BotConfig, tts_config: TTSConfig | None = None, engine: TTSEngine | None = None
+    bot_config: BotConfig,
+    tts_config: TTSConfig | None = None,
+    engine: TTSEngine | None = None,
+    *,
+    remote_tts_urls: Sequence[str] = (),
+    remote_tts_token: str | None = None,
 ) -> SharedModels:
     """Load Whisper, Silero, smart-turn and the TTS engine (in worker threads).
 
     Whisper loads in a fresh thread niced by ``stt_nice`` (see
-    :func:`load_whisper_model`); each load's wall time is kept for ``/health``.
+    :func:`load_whisper_model`); each load's wall time is kept for ``/health``. With
+    ``remote_tts_urls`` no TTS engine is loaded: conversations speak through those
+    servers (``remote_tts_token`` as their bearer token).
     """
     timings: dict[str, float] = {}
 
@@ -155,12 +190,18 @@ async def load_shared_models(
         turn = await asyncio.to_thread(
             timed, "smart_turn", load_onnx_session, bundled_smart_turn_path()
         )
-    started = time.perf_counter()
-    if engine is None:
-        engine = await get_tts_engine(tts_config)
+    remote = None
+    if remote_tts_urls:
+        remote = RemoteTTS(tuple(remote_tts_urls), remote_tts_token or None)
+        engine = None
+        logger.info(f"TTS: remote {', '.join(remote.urls)} (no TTS model loaded here)")
     else:
-        await engine.initialize()
-    timings["tts"] = round(time.perf_counter() - started, 3)
+        started = time.perf_counter()
+        if engine is None:
+            engine = await get_tts_engine(tts_config)
+        else:
+            await engine.initialize()
+        timings["tts"] = round(time.perf_counter() - started, 3)
     logger.info(f"shared models loaded: {timings}")
     return SharedModels(
         tts=engine,
@@ -169,4 +210,5 @@ async def load_shared_models(
         turn_session=turn,
         stt_model_path=stt_path,
         load_seconds=timings,
+        remote_tts=remote,
     )
