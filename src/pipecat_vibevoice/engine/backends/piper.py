@@ -334,9 +334,10 @@ class PiperBackend(SpeechBackend):
         scales = self._scales.copy()
         # One request is one segment of whole sentences at one speed; a later request
         # (the next sentence of a growing text) may have another.
-        scales[1] = scales[1] * length_scale_for(request.speed)
+        speed = request.speed if self.native_speed else 1.0
+        scales[1] = scales[1] * length_scale_for(speed)
         seed = request.options.get("seed")
-        pause = np.zeros(int(SENTENCE_PAUSE_S / request.speed * self.sample_rate), np.float32)
+        pause = np.zeros(int(SENTENCE_PAUSE_S / speed * self.sample_rate), np.float32)
         sentences = self.phoneme_ids(request.text)
         places = self.word_places(request.text, sentences)
         for index, ids in enumerate(sentences):

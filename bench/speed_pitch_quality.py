@@ -1,0 +1,210 @@
+"""How speed and pitch change the bundled voice's quality: DNSMOS and Whisper WER.
+
+Every grid setting (speed 0.5-2.0 at pitch 1, pitch 0.5-2.0 at speed 1, 0.25 steps)
+is spoken by our streaming engine (Piper, 16 kHz, 80 ms chunks, ``seed`` per sentence)
+on six held-out sentences (none of the test phrases) and scored, in the same run,
+against plain Piper (``PiperVoice.synthesize`` at its default settings, resampled to
+16 kHz):
+
+* DNSMOS OVRL (``speechmos.dnsmos.run``; its ONNX models ship in the package, nothing
+  is downloaded), the mean over the sentences;
+* WER of the bundled faster-whisper tiny.en (beam 5) against the text (``jiwer``,
+  lower case, punctuation dropped), over all sentences together.
+
+``--pitch-method`` scores a candidate pitch method instead of the engine's own for the
+pitch rows: ``psola`` (Praat's PSOLA through ``praat-parselmouth``) or ``world``
+(``pyworld``: F0 scaled, spectral envelope kept), each applied to the engine's audio
+at pitch 1, whole sentence at once, an upper bound of what it can do streaming.
+
+Prints a table, the run time and the machine load; writes a plot
+(``docs/speed_pitch_quality.png`` by default). Goals (the issue): OVRL >= plain - 0.1 at
+speed 0.75 and 1.5 and pitch 0.8 and 1.25 (0.75/1.25 on this grid), >= 3.0 everywhere;
+WER <= 0.10 within 0.75-1.5. Reported, never asserted.
+
+    .venv/bin/python bench/speed_pitch_quality.py [--pitch-method engine|psola|world]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import soxr
+
+SENTENCES = [
+    "The museum opens its new wing to visitors next Thursday morning.",
+    "Could you send me the invoice before the end of the week, please?",
+    "Heavy snow closed the mountain pass for almost three days.",
+    "My grandmother grew tomatoes, beans and sunflowers behind the old barn.",
+    "The train to the airport leaves every twenty minutes from platform four.",
+    "We tried the recipe twice, and the second cake was much better.",
+]
+GRID = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]
+RATE = 16000
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def words(text: str) -> str:
+    return " ".join(re.sub(r"[^a-z0-9' ]", " ", text.lower()).split())
+
+
+class Scorer:
+    def __init__(self) -> None:
+        from faster_whisper import WhisperModel
+        from speechmos import dnsmos
+
+        from pipecat_vibevoice.pipeline.models import bundled_whisper_path
+
+        self._dnsmos = dnsmos
+        self._whisper = WhisperModel(
+            str(bundled_whisper_path()), device="cpu", compute_type="int8", cpu_threads=2
+        )
+
+    def score(self, clips: list[np.ndarray]) -> tuple[float, float]:
+        import jiwer
+
+        mos = [
+            float(self._dnsmos.run(np.clip(c, -1, 1).astype(np.float32), RATE)["ovrl_mos"])
+            for c in clips
+        ]
+        heard = []
+        for clip in clips:
+            segments, _ = self._whisper.transcribe(
+                clip.astype(np.float32), beam_size=5, language="en"
+            )
+            heard.append(words(" ".join(s.text for s in segments)))
+        wer = jiwer.wer([words(s) for s in SENTENCES], heard)
+        return float(np.mean(mos)), float(wer)
+
+
+def plain_piper() -> list[np.ndarray]:
+    from piper import PiperVoice
+
+    from pipecat_vibevoice.engine.backends.piper import bundled_voice_files
+
+    model, config = bundled_voice_files()
+    voice = PiperVoice.load(model, config)
+    clips = []
+    for text in SENTENCES:
+        chunks = list(voice.synthesize(text))
+        audio = np.concatenate([c.audio_float_array for c in chunks])
+        clips.append(soxr.resample(audio, chunks[0].sample_rate, RATE, quality="HQ"))
+    return clips
+
+
+async def engine_clips(engine, speed: float = 1.0, pitch: float = 1.0) -> list[np.ndarray]:
+    from pipecat_vibevoice.engine.audio import pcm16_to_float
+
+    clips = []
+    for i, text in enumerate(SENTENCES):
+        pcm = b"".join(
+            [c.pcm async for c in engine.stream_chunks(text, speed=speed, pitch=pitch, seed=i)]
+        )
+        clips.append(pcm16_to_float(pcm))
+    return clips
+
+
+def candidate_pitch(method: str, audio: np.ndarray, pitch: float) -> np.ndarray:
+    """A candidate pitch method on a whole clip at ``RATE`` (duration kept)."""
+    if method == "psola":
+        import parselmouth
+        from parselmouth.praat import call
+
+        sound = parselmouth.Sound(audio.astype(np.float64), RATE)
+        manipulation = call(sound, "To Manipulation", 0.01, 60, 400)
+        tier = call(manipulation, "Extract pitch tier")
+        call(tier, "Multiply frequencies", sound.xmin, sound.xmax, pitch)
+        call([tier, manipulation], "Replace pitch tier")
+        out = call(manipulation, "Get resynthesis (overlap-add)")
+        return np.asarray(out.values[0], dtype=np.float32)
+    if method == "world":
+        import pyworld
+
+        x = audio.astype(np.float64)
+        f0, t = pyworld.harvest(x, RATE)
+        sp = pyworld.cheaptrick(x, f0, t, RATE)
+        ap = pyworld.d4c(x, f0, t, RATE)
+        return pyworld.synthesize(f0 * pitch, sp, ap, RATE).astype(np.float32)
+    raise ValueError(method)
+
+
+def plot(rows: list[tuple[str, float, float, float]], plain: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for kind, marker in (("speed", "o"), ("pitch", "s")):
+        pts = [(v, mos, wer) for k, v, mos, wer in rows if k == kind]
+        xs = [p[0] for p in pts]
+        axes[0].plot(xs, [p[1] for p in pts], marker=marker, label=kind)
+        axes[1].plot(xs, [p[2] for p in pts], marker=marker, label=kind)
+    axes[0].axhline(plain, color="grey", ls="--", label="plain Piper")
+    axes[0].axhline(plain - 0.1, color="grey", ls=":", label="plain - 0.1")
+    axes[0].axhline(3.0, color="red", ls=":", label="3.0")
+    axes[0].set(xlabel="factor", ylabel="DNSMOS OVRL", title="quality")
+    axes[1].axhline(0.10, color="red", ls=":", label="0.10")
+    axes[1].set(xlabel="factor", ylabel="Whisper tiny.en WER", title="intelligibility")
+    for ax in axes:
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pitch-method", default="engine", choices=["engine", "psola", "world"])
+    parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "speed_pitch_quality.png")
+    args = parser.parse_args()
+
+    from pipecat_vibevoice.engine import TTSConfig, TTSEngine
+
+    started, load0 = time.perf_counter(), os.getloadavg()
+    scorer = Scorer()
+    plain_mos, plain_wer = scorer.score(plain_piper())
+    engine = TTSEngine(TTSConfig(engine="piper", sample_rate=RATE))
+    await engine.initialize()
+    rows: list[tuple[str, float, float, float]] = []
+    try:
+        base = await engine_clips(engine, 1.0, 1.0)
+        for kind in ("speed", "pitch"):
+            for value in GRID:
+                if kind == "pitch" and args.pitch_method != "engine" and value != 1.0:
+                    clips = [candidate_pitch(args.pitch_method, c, value) for c in base]
+                elif value == 1.0:
+                    clips = base
+                else:
+                    settings = {"speed": value} if kind == "speed" else {"pitch": value}
+                    clips = await engine_clips(engine, **settings)
+                mos, wer = scorer.score(clips)
+                rows.append((kind, value, mos, wer))
+                print(f"  {kind} {value:.2f}: OVRL {mos:.2f} WER {wer:.3f}", flush=True)
+    finally:
+        await engine.cleanup()
+    elapsed, load1 = time.perf_counter() - started, os.getloadavg()
+
+    print(f"\npitch method: {args.pitch_method}")
+    print(f"plain Piper: OVRL {plain_mos:.2f}, WER {plain_wer:.3f}")
+    print("| setting | DNSMOS OVRL | Δ vs plain | WER |")
+    print("|---|---|---|---|")
+    for kind, value, mos, wer in rows:
+        print(f"| {kind} {value:.2f} | {mos:.2f} | {mos - plain_mos:+.2f} | {wer:.3f} |")
+    cpus = os.cpu_count()
+    print(
+        f"\nrun time {elapsed:.0f} s on {cpus} CPUs; load average (1 min) "
+        f"{load0[0]:.2f} at start, {load1[0]:.2f} at end"
+    )
+    plot(rows, plain_mos, args.plot)
+    print(f"plot: {args.plot}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
