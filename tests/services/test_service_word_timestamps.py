@@ -31,7 +31,7 @@ from pipecat.transports.base_transport import TransportParams
 
 from pipecat_vibevoice.engine import SpeechChunk, TTSEngine
 from pipecat_vibevoice.services import VibeVoiceTTSService
-from pipecat_vibevoice.services.vibevoice.tts import ContextClock
+from pipecat_vibevoice.services.word_timed import ContextClock
 
 SENTENCES = [
     "The keeper climbed the stairs of the old lighthouse every evening.",

@@ -6,7 +6,7 @@ more TTS servers (``python -m pipecat_vibevoice.serving``, or another bot's
 ``chunk`` events and binary PCM frames into the same frames the in-process
 :class:`~pipecat_vibevoice.services.VibeVoiceTTSService` pushes: ``TTSAudioRawFrame``s
 and, through ``add_word_timestamps``, word-timed ``TTSTextFrame``s (one
-:class:`~pipecat_vibevoice.services.vibevoice.tts.ContextClock` per audio context, as
+:class:`~pipecat_vibevoice.services.word_timed.ContextClock` per audio context, as
 there).
 
 * **One websocket per service instance**, opened at start (or at the first utterance)
@@ -51,19 +51,17 @@ from pipecat.frames.frames import (
     EndFrame,
     ErrorFrame,
     Frame,
-    InterruptionFrame,
     StartFrame,
     TTSAudioRawFrame,
 )
-from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.settings import TTSSettings
-from pipecat.services.tts_service import TextAggregationMode, TTSService
+from pipecat.services.tts_service import TextAggregationMode
 from pipecat.utils.errors import ErrorCategory
 from pipecat.utils.tracing.service_decorators import traced_tts
 from pipecat.utils.types import NOT_GIVEN, NotGiven, is_given
 
 from ...engine.controls import CONTROLS, VIBEVOICE_CONTROLS, ControlError
-from ..vibevoice.tts import ContextClock
+from ..word_timed import WordTimedTTSService
 
 #: The numeric settings, each checked by its engine control (one range everywhere).
 NUMERIC_SETTINGS = ("speed", "pitch", *VIBEVOICE_CONTROLS)
@@ -224,7 +222,7 @@ class RemoteTTSSettings(TTSSettings):
     inference_steps: int | None | NotGiven = field(default_factory=lambda: NOT_GIVEN)
 
 
-class RemoteTTSService(TTSService):
+class RemoteTTSService(WordTimedTTSService):
     """Speak through a remote pipecat-vibevoice TTS server (``WS /v1/tts/stream``).
 
     Example::
@@ -309,14 +307,13 @@ class RemoteTTSService(TTSService):
                     setattr(settings, name, CONTROLS[name].check(value))
             default_settings.apply_update(settings)
 
-        for name in ("push_start_frame", "push_stop_frames", "push_text_frames"):
+        for name in ("push_start_frame", "push_stop_frames"):
             kwargs.pop(name, None)
         if text_aggregation_mode == TextAggregationMode.TOKEN:
             kwargs["reuse_context_id_within_turn"] = True
         super().__init__(
             push_start_frame=True,
             push_stop_frames=True,
-            push_text_frames=False,
             pause_frame_processing=False,
             text_aggregation_mode=text_aggregation_mode,
             sample_rate=sample_rate,
@@ -343,8 +340,6 @@ class RemoteTTSService(TTSService):
         # Utterances by id, token turns by context, clocks by context.
         self._items: dict[str, _Item] = {}
         self._turns: dict[str, _Turn] = {}
-        self._refused_contexts: set[str] = set()
-        self._clocks: dict[str, ContextClock] = {}
 
     # -- what others may read -----------------------------------------------------------
 
@@ -666,7 +661,7 @@ class RemoteTTSService(TTSService):
 
         The words of each chunk are reported with ``add_word_timestamps`` once its
         audio frame was taken (so they follow their audio in the context), on the
-        context's timeline (:class:`ContextClock`), exactly as the in-process service.
+        context's timeline (:class:`~..word_timed.ContextClock`), exactly as the in-process service.
         """
         while True:
             kind, event, pcm = await item.events.get()
@@ -678,11 +673,9 @@ class RemoteTTSService(TTSService):
                     words=[(str(w), float(t)) for w, t in event.get("words") or ()],
                     pcm=pcm,
                 )
-                clock = self._clocks.setdefault(item.context_id, ContextClock())
-                words = clock.place(chunk, time.monotonic())  # type: ignore[arg-type]
+                words = self._place_words(item.context_id, chunk)
                 yield await self._audio_frame(pcm, item.context_id)
-                if words:
-                    await self.add_word_timestamps(words, item.context_id)
+                await self._report_words(item.context_id, words)
             elif kind in ("done", "cancelled"):
                 return
             elif kind == "error":
@@ -725,7 +718,7 @@ class RemoteTTSService(TTSService):
         message = str(event.get("message"))
         refused = reason in REFUSED_REASONS
         if refused:
-            self._refused_contexts.add(item.context_id)
+            self._refused(item.context_id)
         logger.warning(f"{self}: TTS server error {reason}: {message}")
         return ErrorFrame(
             error=f"TTS request {'refused' if refused else 'failed'} ({reason}): {message}",
@@ -739,22 +732,6 @@ class RemoteTTSService(TTSService):
         return TTSAudioRawFrame(
             audio=pcm, sample_rate=self.sample_rate, num_channels=1, context_id=context_id
         )
-
-    async def tts_process_generator(
-        self, context_id: str, generator: AsyncGenerator[Frame | None, None]
-    ) -> None:
-        """In sentence mode the context is complete after ``run_tts`` (see the in-process service)."""
-        await super().tts_process_generator(context_id, generator)
-        if not self._is_streaming_tokens:
-            self._is_yielding_frames_synchronously = True
-
-    async def _record_context_audio_outcome(self, context_id: str, received_audio: bool) -> None:
-        """A context the server refused (already reported) does not count as a silent service."""
-        if context_id in self._refused_contexts:
-            self._refused_contexts.discard(context_id)
-            if not received_audio:
-                return
-        await super()._record_context_audio_outcome(context_id, received_audio)
 
     # -- token mode ---------------------------------------------------------------------
 
@@ -832,29 +809,5 @@ class RemoteTTSService(TTSService):
         for context_id in list(self._turns):
             await self._cancel_turn(context_id)
 
-    # -- interruption -------------------------------------------------------------------
-
-    async def on_audio_context_interrupted(self, context_id: str) -> None:
-        """Cancel the interrupted turn's utterance on the server (token mode).
-
-        In sentence mode the interruption cancelled the task running ``run_tts``,
-        whose cleanup already sent ``cancel``.
-        """
-        self._refused_contexts.discard(context_id)
-        self._clocks.pop(context_id, None)
-        await self._cancel_turn(context_id)
-
-    async def on_audio_context_completed(self, context_id: str) -> None:
-        """Forget the context's clock."""
-        self._clocks.pop(context_id, None)
-
-    async def _handle_interruption(self, frame: InterruptionFrame, direction: FrameDirection):
-        """Also cancel turns whose audio context the base no longer lists."""
-        await super()._handle_interruption(frame, direction)
-        for context_id in list(self._turns):
-            context = self._tts_contexts.get(context_id)
-            if context is None or context.interruptible:
-                await self._cancel_turn(context_id)
-        for context_id in list(self._clocks):
-            if not self.audio_context_available(context_id):
-                self._clocks.pop(context_id)
+    def _turn_ids(self) -> list[str]:
+        return list(self._turns)

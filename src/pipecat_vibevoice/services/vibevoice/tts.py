@@ -48,19 +48,18 @@ from pipecat.frames.frames import (
     EndFrame,
     ErrorFrame,
     Frame,
-    InterruptionFrame,
     StartFrame,
     TTSAudioRawFrame,
 )
-from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.settings import TTSSettings
-from pipecat.services.tts_service import TextAggregationMode, TTSService
+from pipecat.services.tts_service import TextAggregationMode
 from pipecat.utils.errors import ErrorCategory
 from pipecat.utils.tracing.service_decorators import traced_tts
 from pipecat.utils.types import NOT_GIVEN, NotGiven, is_given
 
-from ...engine import GrowingText, SpeechChunk, TTSConfig, TTSEngine, get_tts_engine
+from ...engine import GrowingText, TTSConfig, TTSEngine, get_tts_engine
 from ...engine.controls import CONTROLS, VIBEVOICE_CONTROLS, ControlError
+from ..word_timed import WordTimedTTSService
 from .token_turns import TokenTurn
 
 #: Text spoken once per (engine, voice) at start, so the first real turn does not
@@ -76,33 +75,6 @@ END_OF_TURNS_TIMEOUT_S = 30.0
 # Voices already warmed per engine. Engines are shared by every session of a
 # process, so this keeps the warm-up a once-per-process cost.
 _warmed: weakref.WeakKeyDictionary[TTSEngine, set[str]] = weakref.WeakKeyDictionary()
-
-
-@dataclass
-class ContextClock:
-    """Where an audio context's chunks fall on the listener's timeline.
-
-    Word times must be seconds from the start of the context's audio as it plays. The
-    engine gives them from the start of its own request, and one context may take
-    several requests (the sentences of an LLM turn share one context) or wait for text
-    mid-request (a slow LLM in token mode). The output transport plays chunks back to
-    back while it has audio, and a chunk that arrives after the audio ran out plays at
-    once: so a chunk starts at the end of the audio before it, or at the time elapsed
-    since the context's first chunk if that is later (an underrun: the silence moves
-    its words later, as it moves the audio).
-    """
-
-    first_at: float | None = None  # time.monotonic() of the context's first chunk
-    audio_s: float = 0.0  # end of the context's audio so far on its timeline
-
-    def place(self, chunk: SpeechChunk, now: float) -> list[tuple[str, float]]:
-        """Note ``chunk`` produced at ``now``; its words with times on the context's timeline."""
-        if self.first_at is None:
-            self.first_at, start = now, 0.0
-        else:
-            start = max(self.audio_s, now - self.first_at)
-        self.audio_s = start + (chunk.end_s - chunk.start_s)
-        return [(word, start + max(0.0, at - chunk.start_s)) for word, at in chunk.words]
 
 
 @dataclass
@@ -129,7 +101,7 @@ class VibeVoiceTTSSettings(TTSSettings):
     inference_steps: int | NotGiven = field(default_factory=lambda: NOT_GIVEN)
 
 
-class VibeVoiceTTSService(TTSService):
+class VibeVoiceTTSService(WordTimedTTSService):
     """Speak with a :class:`TTSEngine` (VibeVoice-Realtime or the bundled Piper voice).
 
     Example::
@@ -224,7 +196,6 @@ class VibeVoiceTTSService(TTSService):
         #    one context (one engine request) per turn, not one per token.
         kwargs.pop("push_start_frame", None)
         kwargs.pop("push_stop_frames", None)
-        kwargs.pop("push_text_frames", None)
         if text_aggregation_mode == TextAggregationMode.TOKEN and not kwargs.get(
             "reuse_context_id_within_turn", True
         ):
@@ -235,7 +206,6 @@ class VibeVoiceTTSService(TTSService):
         super().__init__(
             push_start_frame=True,
             push_stop_frames=True,
-            push_text_frames=False,
             # Audio carries its context ID, so frames need not wait (see #4418).
             pause_frame_processing=False,
             text_aggregation_mode=text_aggregation_mode,
@@ -249,10 +219,6 @@ class VibeVoiceTTSService(TTSService):
         self._extra_options: dict[str, Any] = dict(engine_options or {})
         # Token mode: the open turn of each audio context.
         self._token_turns: dict[str, TokenTurn] = {}
-        # Contexts whose text the engine refused (bad input, already reported).
-        self._refused_contexts: set[str] = set()
-        # Where each open context's audio stands, to time its words.
-        self._clocks: dict[str, ContextClock] = {}
 
     @property
     def engine(self) -> TTSEngine | None:
@@ -322,16 +288,16 @@ class VibeVoiceTTSService(TTSService):
         if tasks:
             await asyncio.wait(tasks, timeout=END_OF_TURNS_TIMEOUT_S)
         await super().stop(frame)
-        await self._cancel_token_turns()
+        await self._cancel_turns()
 
     async def cancel(self, frame: CancelFrame) -> None:
         """Stop all synthesis at once."""
-        await self._cancel_token_turns()
+        await self._cancel_turns()
         await super().cancel(frame)
 
     async def cleanup(self) -> None:
         """Release per-session state; the shared engine stays loaded for other sessions."""
-        await self._cancel_token_turns()
+        await self._cancel_turns()
         await super().cleanup()
 
     # -- settings -----------------------------------------------------------------------
@@ -436,7 +402,7 @@ class VibeVoiceTTSService(TTSService):
         Once a chunk's audio frame has been taken (and so appended to the audio
         context), the words that start in it are reported with
         ``add_word_timestamps``: they follow their audio in the context's queue, and
-        their times are placed on the context's timeline (:class:`ContextClock`).
+        their times are placed on the context's timeline (:class:`~..word_timed.ContextClock`).
         ``aclosing`` makes sure the engine's generator is closed on every exit,
         cancellation included, which sets its stop event before the next model call.
         """
@@ -444,15 +410,13 @@ class VibeVoiceTTSService(TTSService):
             chunks = engine.stream_chunks(text, **self._request_kwargs(engine))
             async with aclosing(chunks):
                 async for chunk in chunks:
-                    clock = self._clocks.setdefault(context_id, ContextClock())
-                    words = clock.place(chunk, time.monotonic())
+                    words = self._place_words(context_id, chunk)
                     yield await self._audio_frame(chunk.pcm, engine, context_id)
-                    if words:
-                        await self.add_word_timestamps(words, context_id)
+                    await self._report_words(context_id, words)
         except ValueError as exc:
             # Bad voice, text or controls: the request's fault, not the engine's.
             logger.warning(f"{self}: request refused: {exc}")
-            self._refused_contexts.add(context_id)
+            self._refused(context_id)
             yield ErrorFrame(
                 error=f"TTS request refused: {exc}",
                 exception=exc,
@@ -472,36 +436,6 @@ class VibeVoiceTTSService(TTSService):
         return TTSAudioRawFrame(
             audio=pcm, sample_rate=self.sample_rate, num_channels=1, context_id=context_id
         )
-
-    async def tts_process_generator(
-        self, context_id: str, generator: AsyncGenerator[Frame | None, None]
-    ) -> None:
-        """Route ``run_tts`` output; in sentence mode the context is always complete after it.
-
-        The base decides from "did this call yield audio" whether ``run_tts`` works
-        inline (then it closes the context at the end of the turn) or hands off to a
-        receive loop (then it waits for the service to close it). Our sentence path is
-        always inline, also when a sentence failed and yielded only an ErrorFrame;
-        without this the failed context would hold the next utterance for
-        ``stop_frame_timeout_s`` (3 s).
-        """
-        await super().tts_process_generator(context_id, generator)
-        if not self._is_streaming_tokens:
-            self._is_yielding_frames_synchronously = True
-
-    async def _record_context_audio_outcome(self, context_id: str, received_audio: bool) -> None:
-        """Do not count a context whose text the engine refused as a silent service.
-
-        Pipecat writes a TTS off after 3 silent contexts in a row, to catch providers
-        that fail without saying so. A refused request was already reported with its
-        cause and says nothing about the engine's health, so it must not count
-        (engine failures still do).
-        """
-        if context_id in self._refused_contexts:
-            self._refused_contexts.discard(context_id)
-            if not received_audio:
-                return
-        await super()._record_context_audio_outcome(context_id, received_audio)
 
     # -- token mode ---------------------------------------------------------------------
 
@@ -544,7 +478,8 @@ class VibeVoiceTTSService(TTSService):
             if len(turn.text):
                 logger.debug(f"{self}: turn {context_id[:8]} done ({turn.text.pieces} pieces)")
 
-    async def _cancel_token_turn(self, context_id: str) -> None:
+    async def _cancel_turn(self, context_id: str) -> None:
+        """Stop a turn's engine request (cancel first) and close its text."""
         turn = self._token_turns.pop(context_id, None)
         if turn is None:
             return
@@ -554,43 +489,9 @@ class VibeVoiceTTSService(TTSService):
             await self.cancel_task(turn.task)
         turn.close()
 
-    async def _cancel_token_turns(self) -> None:
+    async def _cancel_turns(self) -> None:
         for context_id in list(self._token_turns):
-            await self._cancel_token_turn(context_id)
+            await self._cancel_turn(context_id)
 
-    # -- interruption -------------------------------------------------------------------
-
-    async def on_audio_context_interrupted(self, context_id: str) -> None:
-        """Stop the engine request speaking an interrupted context (token mode).
-
-        In sentence mode the request is already stopped: the interruption cancelled
-        the task running ``run_tts`` and with it the engine's generator.
-        """
-        self._refused_contexts.discard(context_id)  # interrupted contexts are not counted
-        self._clocks.pop(context_id, None)
-        await self._cancel_token_turn(context_id)
-
-    async def on_audio_context_completed(self, context_id: str) -> None:
-        """Forget the context's clock: audio that comes later opens a fresh context.
-
-        That happens after ``stop_frame_timeout_s`` without audio (a slow LLM); the
-        base then times the new context's words from its own first audio.
-        """
-        self._clocks.pop(context_id, None)
-
-    async def _handle_interruption(self, frame: InterruptionFrame, direction: FrameDirection):
-        """Also stop turns whose audio context the base no longer lists.
-
-        The base calls :meth:`on_audio_context_interrupted` only for the contexts it
-        still holds; one that went quiet for ``stop_frame_timeout_s`` (a slow LLM) is
-        gone from it while its turn is still open. No interruptible turn may keep the
-        model busy; uninterruptible contexts survive the interruption and keep speaking.
-        """
-        await super()._handle_interruption(frame, direction)
-        for context_id in list(self._token_turns):
-            context = self._tts_contexts.get(context_id)
-            if context is None or context.interruptible:
-                await self._cancel_token_turn(context_id)
-        for context_id in list(self._clocks):
-            if not self.audio_context_available(context_id):
-                self._clocks.pop(context_id)
+    def _turn_ids(self) -> list[str]:
+        return list(self._token_turns)
