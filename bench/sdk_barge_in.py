@@ -34,16 +34,18 @@ import asyncio
 import math
 import random
 import shutil
+import sys
 import tempfile
 import time
-import wave
 from pathlib import Path
 
 import numpy as np
 from bot_harness import MIC_RATE, PHRASES, machine, pct, start_bot, summary, synthesize_phrases
 
-CHROMIUM = Path("/usr/lib/chromium/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+# The browser set-up of the browser tests: Chromium with a WAV as its microphone.
+from bot.test_browser_e2e import CHROMEDRIVER, CHROMIUM, make_driver, write_wav  # noqa: E402
+
 AUDIBLE = 0.01
 ONSET_RMS = 100.0  # int16 RMS over 5 ms: the phrase's true onset
 LEAD_S = 1.0
@@ -116,14 +118,6 @@ INIT_SCRIPT = r"""
 """
 
 
-def write_wav(path: Path, audio: np.ndarray) -> None:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(MIC_RATE)
-        w.writeframes(audio.astype("<i2").tobytes())
-
-
 def build_chain(phrases: list[np.ndarray], count: int, seed: int):
     """The microphone WAV and each phrase's (onset, end) in seconds of the WAV."""
     rng = random.Random(seed)
@@ -178,37 +172,10 @@ def place_wav(mic: np.ndarray, audio: np.ndarray, window_s: float) -> tuple[floa
     return float(start), r
 
 
-def make_driver(wav: Path, profile: Path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = str(CHROMIUM)
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={profile}",
-        "--use-fake-ui-for-media-stream",
-        "--use-fake-device-for-media-stream",
-        f"--use-file-for-fake-audio-capture={wav}%noloop",
-        "--autoplay-policy=no-user-gesture-required",
-    ):
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=opts)
-    driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": INIT_SCRIPT})
-    return driver
-
-
 def run_page(http: str, page: str, wav: Path, audio, spans, tmp: Path, verbose: bool) -> dict:
     label, path = PAGES[page]
     profile = tmp / f"profile-{page}"
-    driver = make_driver(wav, profile)
+    driver = make_driver(wav, profile, INIT_SCRIPT)
     try:
         driver.get(http + path)
         time.sleep(len(audio) / MIC_RATE + 3.0)

@@ -39,7 +39,8 @@ def write_wav(path: Path, audio: np.ndarray) -> None:
         w.writeframes(audio.astype("<i2").tobytes())
 
 
-def make_driver(wav: Path, profile: Path):
+def make_driver(wav: Path, profile: Path, init_script: str | None = None):
+    """Headless Chromium whose microphone is ``wav``; ``init_script`` runs in every page."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -62,14 +63,18 @@ def make_driver(wav: Path, profile: Path):
     ):
         opts.add_argument(flag)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=opts)
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=opts)
+    if init_script:
+        driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": init_script})
+    return driver
 
 
-def wait_state(driver, predicate, timeout: float, what: str):
+def wait_state(driver, predicate, timeout: float, what: str, name: str = "vvState"):
+    """Poll the page's ``window.<name>`` until ``predicate`` holds (console shown on failure)."""
     deadline = time.monotonic() + timeout
     state = None
     while time.monotonic() < deadline:
-        state = driver.execute_script("return window.vvState")
+        state = driver.execute_script(f"return window.{name}")
         if state and predicate(state):
             return state
         time.sleep(0.1)

@@ -20,7 +20,6 @@ What it pins down:
 from __future__ import annotations
 
 import shutil
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -31,7 +30,8 @@ import pytest
 from pipecat_vibevoice.bot.sdk_page import SDK_FILES, sdk_dir
 
 from .conftest import silence
-from .test_browser_e2e import CHROMEDRIVER, CHROMIUM, make_driver, write_wav
+from .test_browser_e2e import CHROMEDRIVER, CHROMIUM, _brief, make_driver, write_wav
+from .test_browser_e2e import wait_state as wait_page_state
 
 AUDIBLE = 0.01  # same threshold as the page
 LEAD_IN_MS = 500  # web/sdk-client/src/media.js
@@ -43,21 +43,7 @@ needs_chromium = pytest.mark.skipif(
 
 
 def wait_state(driver, predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    state = None
-    while time.monotonic() < deadline:
-        state = driver.execute_script("return window.sdkState")
-        if state and predicate(state):
-            return state
-        time.sleep(0.1)
-    logs = driver.get_log("browser")
-    raise AssertionError(f"timed out waiting for {what}; state={_brief(state)}; console={logs}")
-
-
-def _brief(state):
-    if not state:
-        return state
-    return {k: v for k, v in state.items() if k != "meter"}
+    return wait_page_state(driver, predicate, timeout, what, name="sdkState")
 
 
 def _finals(state: dict, role: str) -> list[str]:
