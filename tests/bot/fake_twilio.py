@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from pipecat_vibevoice.clients.voice_client import AUDIBLE_RMS, PlaybackModel, rms
+from pipecat_vibevoice.clients.voice_client import AUDIBLE_RMS, PlaybackModel, rms, wait_until
 
 LINE_RATE = 8000
 MIC_RATE = 16000
@@ -328,19 +328,7 @@ class FakeTwilioCall:
 
     async def wait_for(self, predicate: Any, timeout: float) -> Any:
         """Poll ``predicate()`` on every message (and every 20 ms) until truthy."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or self.closed.is_set():
-                raise TimeoutError("condition not met in time")
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), min(0.02, remaining))
-            except TimeoutError:
-                pass
+        return await wait_until(predicate, timeout, self._changed, self.closed)
 
     async def wait_bot_audio(self, after: float, timeout: float = 10.0) -> float:
         """When the caller first heard the bot at or after ``after``."""

@@ -217,6 +217,28 @@ class ClientEvents:
     audio_arrivals: list[tuple[float, float]] = field(default_factory=list)
 
 
+async def wait_until(
+    predicate: Any, timeout: float, changed: asyncio.Event, closed: asyncio.Event
+) -> Any:
+    """``predicate()``'s first truthy value, checked on every ``changed`` and every 20 ms.
+
+    Raises ``TimeoutError`` after ``timeout`` or once ``closed`` is set.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or closed.is_set():
+            raise TimeoutError("condition not met in time")
+        changed.clear()
+        try:
+            await asyncio.wait_for(changed.wait(), min(0.02, remaining))
+        except TimeoutError:
+            pass
+
+
 class VoiceClient:
     """Websocket voice client with a real-time microphone and player (see module doc)."""
 
@@ -398,19 +420,7 @@ class VoiceClient:
 
     async def wait_for(self, predicate, timeout: float) -> Any:
         """Poll ``predicate()`` on every event (and every 20 ms) until truthy."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or self.closed.is_set():
-                raise TimeoutError("condition not met in time")
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), min(0.02, remaining))
-            except TimeoutError:
-                pass
+        return await wait_until(predicate, timeout, self._changed, self.closed)
 
     async def wait_bot_audio(self, after: float, timeout: float = 10.0) -> float:
         """Time the bot first became audible at or after ``after``."""
