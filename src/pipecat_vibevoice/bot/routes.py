@@ -11,7 +11,14 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from ..serving import serving_health
 from .session import run_session
 
-STATIC_FILES = ("index.html", "client.js", "protocol.js", "audio-worklets.js", "style.css")
+STATIC_FILES = (
+    "index.html",
+    "client.js",
+    "protocol.js",
+    "playback-meter.js",
+    "audio-worklets.js",
+    "style.css",
+)
 _MEDIA = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
 
 

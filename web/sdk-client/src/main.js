@@ -24,11 +24,11 @@ import {
 
 import { VoiceBotMediaManager } from "./media.js";
 import { VoiceBotSerializer } from "./serializer.js";
+import { PlaybackMeter } from "../../../src/pipecat_vibevoice/bot/static/playback-meter.js";
 
 const MIC_RATE = 16000;
 const PLAY_RATE = 24000;
 const VOICE_RMS = 500; // int16 units: mic frames above this count as the user speaking
-const AUDIBLE_RMS = 0.01; // float units: player output above this is audible
 const PAUSE_FAILSAFE_MS = 2000; // a pause never lasts longer than this
 const WORKLETS = "/static/audio-worklets.js"; // the bot's capture and player processors
 
@@ -65,10 +65,10 @@ window.sdkState = state;
 
 let client = null;
 let media = null;
-let pendingTurn = null; // {userEnd} once the user's final transcript arrived
 let pauseTimer = null;
 
 const $ = (id) => document.getElementById(id);
+const meter = new PlaybackMeter(state, $);
 
 function setStatus(text) {
   $("status").textContent = text;
@@ -135,30 +135,6 @@ function onServerMessage(data) {
 
 // -- what the page hears and says -------------------------------------------------
 
-function onPlayerReport(report) {
-  const now = performance.now();
-  const p = state.playback;
-  p.playing = report.playing;
-  p.paused = report.paused;
-  p.rms = report.rms;
-  p.queuedMs = report.queuedMs;
-  if (report.rms >= AUDIBLE_RMS) {
-    p.lastAudibleAt = now;
-    p.audibleMs += 10;
-    if (pendingTurn) {
-      const latency = Math.round(now - pendingTurn.userEnd);
-      state.turns.push({ latencyMs: latency, t: now });
-      pendingTurn = null;
-      const li = document.createElement("li");
-      li.textContent = `turn ${state.turns.length}: ${latency} ms`;
-      $("latency").appendChild(li);
-    }
-  }
-  state.meter.push([Math.round(now), Math.round(report.rms * 10000) / 10000]);
-  if (state.meter.length > 6000) state.meter.splice(0, 1000);
-  $("level").value = Math.min(1, report.rms * 8);
-}
-
 function onMicFrame({ rms, leadIn }) {
   if (state.streamStartedAt === null) state.streamStartedAt = performance.now();
   state.micFramesSent += 1;
@@ -176,7 +152,7 @@ function makeClient() {
     : new VoiceBotMediaManager({
       workletUrl: WORKLETS,
       playerSampleRate: PLAY_RATE,
-      onPlayerReport,
+      onPlayerReport: (report) => meter.report(report),
       onMicFrame,
       onBotAudio: () => { state.audioChunksReceived += 1; },
     });
@@ -208,7 +184,7 @@ function makeClient() {
       },
       onUserTranscript: (data) => {
         logLine("user", data.text || "", !!data.final);
-        if (data.final) pendingTurn = { userEnd: state.lastVoiceAt ?? performance.now() };
+        if (data.final) meter.userTurnEnded(state.lastVoiceAt ?? performance.now());
       },
       onBotOutput: (data) => {
         if (data.text && data.aggregated_by !== "word") logLine("bot", data.text, true, data.segment_id ?? null);

@@ -10,11 +10,11 @@
 // Tests read `window.vvState` (see docs/bot.md).
 
 import { decodeFrame, encodeAudio, encodeInterruption } from "./protocol.js";
+import { PlaybackMeter } from "./playback-meter.js";
 
 const MIC_RATE = 16000;
 const PLAY_RATE = 24000;
 const VOICE_RMS = 500; // int16 units: mic frames above this count as the user speaking
-const AUDIBLE_RMS = 0.01; // float units: player output above this is audible
 const PAUSE_FAILSAFE_MS = 2000; // a pause never lasts longer than this
 
 const state = {
@@ -40,10 +40,10 @@ let micCtx = null;
 let playCtx = null;
 let micStream = null;
 let player = null;
-let pendingTurn = null; // {userEnd} once the user's final transcript arrived
 let pauseTimer = null;
 
 const $ = (id) => document.getElementById(id);
+const meter = new PlaybackMeter(state, $);
 
 function setStatus(text) {
   $("status").textContent = text;
@@ -102,30 +102,6 @@ function playerCommand(type) {
   }
 }
 
-function onPlayerReport(report) {
-  const now = performance.now();
-  const p = state.playback;
-  p.playing = report.playing;
-  p.paused = report.paused;
-  p.rms = report.rms;
-  p.queuedMs = report.queuedMs;
-  if (report.rms >= AUDIBLE_RMS) {
-    p.lastAudibleAt = now;
-    p.audibleMs += 10;
-    if (pendingTurn) {
-      const latency = Math.round(now - pendingTurn.userEnd);
-      state.turns.push({ latencyMs: latency, t: now });
-      pendingTurn = null;
-      const li = document.createElement("li");
-      li.textContent = `turn ${state.turns.length}: ${latency} ms`;
-      $("latency").appendChild(li);
-    }
-  }
-  state.meter.push([Math.round(now), Math.round(report.rms * 10000) / 10000]);
-  if (state.meter.length > 6000) state.meter.splice(0, 1000);
-  $("level").value = Math.min(1, report.rms * 8);
-}
-
 function onMessage(msg) {
   if (!msg || typeof msg !== "object") return;
   const data = msg.data || {};
@@ -138,7 +114,7 @@ function onMessage(msg) {
     case "error": showError(`server: ${data.error}`); break;
     case "user-transcription":
       logLine("user", data.text || "", !!data.final);
-      if (data.final) pendingTurn = { userEnd: state.lastVoiceAt ?? performance.now() };
+      if (data.final) meter.userTurnEnded(state.lastVoiceAt ?? performance.now());
       break;
     case "bot-output":
       if (data.text && data.aggregated_by !== "word") logLine("bot", data.text);
@@ -182,7 +158,7 @@ async function connect() {
     const moduleUrl = "/static/audio-worklets.js";
     await Promise.all([micCtx.audioWorklet.addModule(moduleUrl), playCtx.audioWorklet.addModule(moduleUrl)]);
     player = new AudioWorkletNode(playCtx, "vv-player", { processorOptions: { jitterMs: 60 } });
-    player.port.onmessage = (e) => onPlayerReport(e.data);
+    player.port.onmessage = (e) => meter.report(e.data);
     player.connect(playCtx.destination);
     await Promise.all([micCtx.resume(), playCtx.resume()]);
 
