@@ -10,7 +10,7 @@ that names the field, not deep in the audio path.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 from ..settings_base import EnvSettings, SettingsError
 from .controls import CFG_SCALE, INFERENCE_STEPS, ControlError
@@ -19,9 +19,10 @@ EngineChoice = Literal["auto", "vibevoice", "piper"]
 DeviceChoice = Literal["auto", "cuda", "cpu"]
 DtypeChoice = Literal["auto", "bfloat16", "float32", "float64"]
 
-ENGINE_CHOICES: tuple[str, ...] = ("auto", "vibevoice", "piper")
-DEVICE_CHOICES: tuple[str, ...] = ("auto", "cuda", "cpu")
-DTYPE_CHOICES: tuple[str, ...] = ("auto", "bfloat16", "float32", "float64")
+# The same values as tuples, for validation (the flags take their choices from the Literal).
+ENGINE_CHOICES: tuple[str, ...] = get_args(EngineChoice)
+DEVICE_CHOICES: tuple[str, ...] = get_args(DeviceChoice)
+DTYPE_CHOICES: tuple[str, ...] = get_args(DtypeChoice)
 
 #: Hub id of the official checkpoint; only used when it is already in the local HF cache.
 DEFAULT_VIBEVOICE_MODEL = "microsoft/VibeVoice-Realtime-0.5B"
