@@ -14,10 +14,10 @@ fi
 
 stamp=".venv/.installed-$(cat pyproject.toml constraints-cpu.txt | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
-  echo "setup: installing pipecat-vibevoice[all,dev] (torch pinned by constraints-cpu.txt)"
+  echo "setup: installing pipecat-vibevoice[all,dev,ray] (torch pinned by constraints-cpu.txt)"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -c constraints-cpu.txt "torch==2.13.0"
-  .venv/bin/python -m pip install -q -c constraints-cpu.txt -e ".[all,dev]"
+  .venv/bin/python -m pip install -q -c constraints-cpu.txt -e ".[all,dev,ray]"
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
