@@ -21,6 +21,7 @@ FLOORS = {
     "clients": 3,
     "pipeline": 4,
     "bot": 5,
+    "deploy": 6,
 }
 #: Third-party packages a layer must not import.
 FORBIDDEN = {

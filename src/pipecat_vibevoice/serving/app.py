@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -54,8 +55,16 @@ def create_app(
     *,
     engine: TTSEngine | None = None,
     allowed_origins: str = "",
+    pool_health: Callable[[], Awaitable[dict[str, Any]]] | None = None,
 ) -> FastAPI:
-    """The standalone TTS app; the engine loads (or is adopted) at start-up."""
+    """The standalone TTS app; the engine loads (or is adopted) at start-up.
+
+    ``pool_health``: for a server that is one replica of a pool (the Ray Serve
+    deployment), what the pool looks like, added to ``/health`` as ``pool``; a pool
+    whose ``status`` is not ``ok`` makes an otherwise healthy answer ``degraded``
+    (still 200: this replica can speak). A single server passes nothing and its
+    ``/health`` is unchanged.
+    """
     settings = settings or ServingSettings.from_env()
     access = AccessPolicy.from_settings(allowed_origins, settings.token)
     router = create_tts_router(settings, tts_config=tts_config, engine=engine, access=access)
@@ -75,6 +84,13 @@ def create_app(
         store = (body["serving"] or {}).get("store", {})
         if body["status"] == "ok" and store.get("status") == "failing":
             body["status"] = "degraded"  # audio flows, rows are being lost
+        if pool_health is not None:
+            try:
+                body["pool"] = await pool_health()
+            except Exception as exc:  # the pool's view is informative; this replica answers
+                body["pool"] = {"status": "unknown", "error": f"{type(exc).__name__}: {exc}"}
+            if body["status"] == "ok" and body["pool"].get("status") != "ok":
+                body["status"] = "degraded"
         return JSONResponse(body, status_code=200 if body["status"] in ("ok", "degraded") else 503)
 
     return app

@@ -40,8 +40,13 @@ def synthesis_record(
     engine: TTSEngine,
     stats: StreamStats,
     outcome: Outcome,
+    replica: str = "",
 ) -> SynthesisRecord:
-    """The store row of ``utterance`` (figures rounded as docs/serving.md lists them)."""
+    """The store row of ``utterance`` (figures rounded as docs/serving.md lists them).
+
+    ``replica``: the server's name in a pool, kept in the row's ``settings`` so rows
+    of several replicas sharing one store file stay attributable.
+    """
     text = utterance.text.text
     gaps = stats.gaps
     first = stats.first_chunk_ms
@@ -69,7 +74,8 @@ def synthesis_record(
             "sample_rate": engine.config.sample_rate,
             "chunk_ms": engine.config.chunk_ms,
             "streamed_text": utterance.streamed,
-        },
+        }
+        | ({"replica": replica} if replica else {}),
         created_at=outcome.created_at,
     )
 
@@ -87,6 +93,8 @@ def record_utterance(
     state.metrics.syntheses.labels(outcome.kind).inc()
     state.metrics.audio_seconds.inc(stats.audio_s)
     try:
-        state.store.record(synthesis_record(session_id, utterance, engine, stats, outcome))
+        state.store.record(
+            synthesis_record(session_id, utterance, engine, stats, outcome, state.settings.replica)
+        )
     except Exception as exc:  # the store must never break the audio path
         log.warning(f"could not record synthesis {utterance.id}: {exc!r}")

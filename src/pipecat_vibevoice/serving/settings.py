@@ -64,6 +64,11 @@ class ServingSettings(EnvSettings):
         store_url: Where synthesis rows go: a SQLite file path, ``sqlite:///path``, or
             ``none``.
         store_queue: Rows waiting for the background writer before new ones are dropped.
+        replica: This server's name in a pool (``started`` events, ``/health``, store
+            rows), so a client can tell which of several servers spoke; empty = not
+            named (a single server). The Ray Serve deployment sets it to the replica's
+            id (:mod:`pipecat_vibevoice.deploy.ray_serve`); a Kubernetes pod may set it
+            to its pod name.
 
     """
 
@@ -129,6 +134,10 @@ class ServingSettings(EnvSettings):
         metadata={"help": "synthesis log: SQLite path, sqlite:///path or 'none'"},
     )
     store_queue: int = field(default=10000, metadata={"help": "rows buffered for the store writer"})
+    replica: str = field(
+        default="",
+        metadata={"help": "this server's name in a pool (started events, /health); empty = none"},
+    )
 
     def __post_init__(self) -> None:
         self.validate()

@@ -124,7 +124,8 @@ class ServingState:
 
     def health(self) -> dict[str, Any]:
         """Serving state for ``/health``: sessions, slots, cache and store."""
-        return {
+        health: dict[str, Any] = {"replica": self.settings.replica} if self.settings.replica else {}
+        return health | {
             "status": "ok" if self.started else "stopped",
             "sessions": self.connections.in_use,
             "max_connections": self.settings.max_connections,

@@ -114,9 +114,18 @@ class UtteranceStream:
         self.rate = engine.config.sample_rate
 
     async def started(self, cached: bool) -> None:
-        """The ``started`` event: this utterance's audio comes next."""
+        """The ``started`` event: this utterance's audio comes next.
+
+        In a pool it names the server that speaks it (``replica``), so a client can
+        tell the replicas apart; a single server leaves the field out.
+        """
         await self.send.event(
-            "started", id=self.utterance.id, voice=self.voice, cached=cached, sample_rate=self.rate
+            "started",
+            id=self.utterance.id,
+            voice=self.voice,
+            cached=cached,
+            sample_rate=self.rate,
+            replica=self.settings.replica or None,
         )
 
     async def done(self, cached: bool) -> None:

@@ -28,6 +28,12 @@ there).
   next); when the socket closes, or an item is answered ``busy`` and there is another
   server, utterances that have not received audio yet are sent again on the next
   server. Rounds of connection attempts wait with exponential backoff.
+* **A server that dies mid-utterance** (a pool replica killed, a pod evicted): the
+  socket closes without the item's ``done``. An utterance that had already sent audio
+  cannot be sent again (its start would repeat), so it ends in an ``ErrorFrame`` —
+  never silence; one without audio yet is sent again. The next utterance opens a new
+  socket, which a pool (Ray Serve's proxy, a Kubernetes Service) gives to a live
+  server.
 * ``token``: sent as ``Authorization: Bearer <token>``.
 
 Services import no server code, so the few message shapes of the protocol are written
@@ -182,6 +188,8 @@ class _Item:
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     socket: Any = None  # the socket it was sent on
     audio: bool = False  # a chunk arrived: it can no longer be sent elsewhere
+    audio_s: float = 0.0  # end of the last chunk received (for the error of a cut item)
+    replica: str | None = None  # the pool replica that speaks it (its ``started`` event)
     resends: int = 0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -340,6 +348,7 @@ class RemoteTTSService(WordTimedTTSService):
         # Utterances by id, token turns by context, clocks by context.
         self._items: dict[str, _Item] = {}
         self._turns: dict[str, _Turn] = {}
+        self._replica: str | None = None
 
     # -- what others may read -----------------------------------------------------------
 
@@ -352,6 +361,14 @@ class RemoteTTSService(WordTimedTTSService):
     def connected_url(self) -> str | None:
         """The server the socket is open to, if one is."""
         return self._urls[self._url_index] if self._socket is not None else None
+
+    @property
+    def replica(self) -> str | None:
+        """The pool replica that began the latest utterance (its ``started`` event names it).
+
+        ``None`` before the first utterance or when the server is not one of a pool.
+        """
+        return self._replica
 
     @property
     def server_info(self) -> dict[str, Any]:
@@ -487,7 +504,7 @@ class RemoteTTSService(WordTimedTTSService):
                 kind = event.get("type")
                 if kind == "chunk":
                     chunk_event = event
-                elif kind in ("done", "error"):
+                elif kind in ("started", "done", "error"):
                     self._route_or_log(event)
                 elif kind == "cancelled":
                     for item_id in event.get("ids", ()):
@@ -665,6 +682,12 @@ class RemoteTTSService(WordTimedTTSService):
         """
         while True:
             kind, event, pcm = await item.events.get()
+            if kind == "started":
+                item.replica = event.get("replica")
+                if item.replica:
+                    self._replica = item.replica
+                    logger.debug(f"{self}: utterance {item.id} on replica {item.replica}")
+                continue
             if kind == "chunk":
                 item.audio = True
                 chunk = _Chunk(
@@ -673,6 +696,7 @@ class RemoteTTSService(WordTimedTTSService):
                     words=[(str(w), float(t)) for w, t in event.get("words") or ()],
                     pcm=pcm,
                 )
+                item.audio_s = chunk.end_s
                 words = self._place_words(item.context_id, chunk)
                 yield await self._audio_frame(pcm, item.context_id)
                 await self._report_words(item.context_id, words)
@@ -692,11 +716,20 @@ class RemoteTTSService(WordTimedTTSService):
             elif kind == "lost":
                 if self._may_resend(item, lost=True) and await self._try_resend(item, None):
                     continue
-                yield ErrorFrame(
-                    error=f"TTS utterance lost: {event.get('message')}",
-                    category=ErrorCategory.SERVER,
-                )
+                yield self._lost_frame(item, str(event.get("message")))
                 return
+
+    def _lost_frame(self, item: _Item, cause: str) -> ErrorFrame:
+        """The error of an utterance whose server went away before its ``done``."""
+        where = f" (replica {item.replica})" if item.replica else ""
+        if item.audio:
+            said = f"cut off after {item.audio_s:.2f} s of audio"
+        else:
+            said = "lost before any audio"
+        logger.warning(f"{self}: TTS utterance {item.id} {said}{where}: {cause}")
+        return ErrorFrame(
+            error=f"TTS utterance {said}{where}: {cause}", category=ErrorCategory.SERVER
+        )
 
     def _may_resend(self, item: _Item, lost: bool = False) -> bool:
         """Only an item with no audio yet may go elsewhere (its audio would repeat)."""
