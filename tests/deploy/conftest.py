@@ -76,8 +76,23 @@ class RayPool:
             states = self.replica_states()
             if states == {"RUNNING": count}:
                 return
-            time.sleep(0.25)
+            time.sleep(0.1)
         raise AssertionError(f"pool not back to {count} running replicas: {states}")
+
+    def wait_replaced(self, timeout: float = 90.0) -> None:
+        """After a replica was killed: until Serve has noticed and its replacement runs.
+
+        Right after ``ray.kill`` the controller still counts the dead replica as
+        RUNNING (it notices within its next control loops), so "2 running" alone would
+        pass at once. First the count must drop, then come back; a replacement takes
+        seconds to start (a process and an engine), far longer than one poll.
+        """
+        deadline = time.monotonic() + 15.0
+        while self.replica_states() == {"RUNNING": self.replicas}:
+            if time.monotonic() > deadline:
+                raise AssertionError("Serve never noticed the killed replica")
+            time.sleep(0.02)
+        self.wait_running(timeout)
 
 
 def start_pool(tmp: Path) -> RayPool:

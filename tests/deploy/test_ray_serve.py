@@ -163,7 +163,7 @@ async def test_a_replica_killed_mid_stream_is_a_close_without_done(pool: Any) ->
     assert final.get("type") == "done" and audio
     assert started["replica"] != victim
     # Serve replaces the dead replica.
-    await asyncio.to_thread(pool.wait_running)
+    await asyncio.to_thread(pool.wait_replaced)
 
 
 async def test_remote_service_errors_the_cut_utterance_then_speaks_on_a_live_replica(
@@ -214,4 +214,4 @@ async def test_remote_service_errors_the_cut_utterance_then_speaks_on_a_live_rep
     assert len(new) == 1, new
     assert new[0]["outcome"] == "ok"
     assert json.loads(new[0]["settings"])["replica"] == tts.replica
-    await asyncio.to_thread(pool.wait_running)
+    await asyncio.to_thread(pool.wait_replaced)
