@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal, get_args
 from ..settings_base import EnvSettings, SettingsError
 from .controls import CFG_SCALE, INFERENCE_STEPS, ControlError
 
-EngineChoice = Literal["auto", "vibevoice", "piper"]
+EngineChoice = Literal["auto", "vibevoice", "piper", "vibevoice-1.5b"]
 DeviceChoice = Literal["auto", "cuda", "cpu"]
 DtypeChoice = Literal["auto", "bfloat16", "float32", "float64"]
 
@@ -43,9 +43,14 @@ class TTSConfig(EnvSettings):
     Attributes:
         engine: ``auto`` uses VibeVoice when its weights are available locally and falls
             back to the bundled Piper voice otherwise; ``vibevoice`` or ``piper`` force one.
+            ``vibevoice-1.5b`` is transformers' VibeVoice-1.5B, which makes voices from
+            reference audio (only when asked for: ``auto`` never picks it).
         model_path: VibeVoice checkpoint directory or hub id (hub ids resolve only from
-            the local cache: nothing is downloaded unless ``allow_download`` is set).
-        voices_dir: Extra directory of VibeVoice voice presets (``*.pt``).
+            the local cache: nothing is downloaded unless ``allow_download`` is set). For
+            ``vibevoice-1.5b``, a transformers-format directory (model and processor).
+        voices_dir: VibeVoice-Realtime: extra directory of voice presets (``*.pt``).
+            VibeVoice-1.5B: reference WAVs and their ``voices.json`` (``engine.voices``);
+            ``add_voice(..., persist=True)`` writes there.
         sample_rate: Output sample rate in Hz; engine audio is resampled to it.
         device: ``auto`` picks CUDA when present, else CPU.
         dtype: VibeVoice compute dtype; ``auto`` is bfloat16 on CUDA and float32 on CPU.
@@ -77,14 +82,17 @@ class TTSConfig(EnvSettings):
 
     engine: EngineChoice = field(
         default="auto",
-        metadata=_help("auto | vibevoice | piper (auto falls back to the bundled voice)"),
+        metadata=_help(
+            "auto | vibevoice | piper | vibevoice-1.5b (auto falls back to the bundled voice)"
+        ),
     )
     model_path: str = field(
         default=DEFAULT_VIBEVOICE_MODEL,
         metadata=_help("VibeVoice checkpoint dir or hub id (local cache only)"),
     )
     voices_dir: str | None = field(
-        default=None, metadata=_help("extra directory of VibeVoice voice presets (*.pt)")
+        default=None,
+        metadata=_help("voice folder: presets (*.pt) or, for vibevoice-1.5b, WAVs + voices.json"),
     )
     sample_rate: int = field(default=24000, metadata=_help("output sample rate in Hz"))
     device: DeviceChoice = field(default="auto", metadata=_help("auto | cuda | cpu"))

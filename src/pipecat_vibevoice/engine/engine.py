@@ -34,11 +34,15 @@ from .errors import (
     EngineNotReadyError,
     TextError,
     UnknownVoiceError,
+    VoiceCloningUnsupportedError,
+    VoiceError,
+    VoiceNameError,
 )
 from .growing_text import GrowingText
 from .loading import BackendFactory, load_backend
 from .sources import growing_from, text_pieces
 from .text import validate_text
+from .voices import ClonesVoices, VoiceDirectory, check_voice_name, prepare_clip
 from .workers import ModelWorkers
 
 #: What ``synthesize_streaming`` and ``stream_chunks`` take as text.
@@ -77,6 +81,12 @@ class TTSEngine:
         self, config: TTSConfig | None = None, backend_factory: BackendFactory | None = None
     ) -> None:
         self.config = config or TTSConfig.from_env()
+        if backend_factory is None and self.config.engine == "vibevoice-1.5b":
+            # Asked for by name only (never a fallback), so it needs no place in the
+            # loader's candidate list.
+            from .backends.vibevoice_1p5b import make_backend
+
+            backend_factory = make_backend
         self._backend_factory = backend_factory
         self._backend: SpeechBackend | None = None
         self._workers: ModelWorkers | None = None
@@ -170,6 +180,66 @@ class TTSEngine:
     async def get_available_speakers(self) -> list[str]:
         """Voice names, default first; ``speaker_id`` accepts a name or an index into this."""
         return list(self.backend.voices())
+
+    async def add_voice(
+        self,
+        name: str,
+        audio: np.ndarray,
+        sample_rate: int,
+        *,
+        description: str | None = None,
+        consent: str | None = None,
+        persist: bool = False,
+        replace: bool = False,
+    ) -> str:
+        """Make a voice from a reference clip; returns its name (usable as ``speaker_id``).
+
+        ``audio`` is mono (or a few channels, averaged) int16 or float samples at
+        ``sample_rate`` (8-192 kHz, resampled to the model's rate), 2-60 s of speech; a
+        clip too short, too long, silent or at an impossible rate raises a
+        :class:`~.errors.VoiceClipError` subclass that says which. Only the backend's
+        encoding of the clip is kept, in memory, until :meth:`remove_voice` or
+        :meth:`cleanup`; the clip itself is not kept and nothing is written to disk —
+        unless ``persist`` is set, which writes the resampled clip as ``<name>.wav`` and
+        its ``description`` and ``consent`` note into ``config.voices_dir/voices.json`` so
+        the voice comes back after a restart. Only backends that read reference audio
+        take voices (VibeVoice-1.5B); others raise :class:`VoiceCloningUnsupportedError`.
+        Clone a voice only with its speaker's consent (docs/vibevoice-1.5b.md).
+        """
+        await self.initialize()
+        backend = self.backend
+        if not isinstance(backend, ClonesVoices):
+            raise VoiceCloningUnsupportedError(
+                f"the {backend.name} engine cannot make voices from audio; "
+                "use engine='vibevoice-1.5b'"
+            )
+        name = check_voice_name(name)
+        if not replace and any(v.lower() == name.lower() for v in backend.voices()):
+            raise VoiceNameError(f"voice {name!r} exists; pass replace=True to replace it")
+        directory = None
+        if persist:
+            if not self.config.voices_dir:
+                raise VoiceError("persist=True needs config.voices_dir (where voices are kept)")
+            directory = VoiceDirectory(self.config.voices_dir)
+        clip = await asyncio.to_thread(prepare_clip, audio, sample_rate, backend.clip_rate)
+        await asyncio.to_thread(backend.add_voice, name, clip)
+        if directory is not None:
+            await asyncio.to_thread(
+                directory.save, name, clip, backend.clip_rate, description, consent
+            )
+            logger.info(f"TTS voice {name!r} kept in {directory.path}")
+        return name
+
+    async def remove_voice(self, name: str, *, delete_file: bool = False) -> None:
+        """Forget a voice made from a clip; ``delete_file`` also removes it from voices_dir."""
+        backend = self.backend
+        if not isinstance(backend, ClonesVoices):
+            raise VoiceCloningUnsupportedError(
+                f"the {backend.name} engine has no voices from audio"
+            )
+        await asyncio.to_thread(backend.remove_voice, name)
+        if delete_file and self.config.voices_dir:
+            await asyncio.to_thread(VoiceDirectory(self.config.voices_dir).remove, name)
 
     def resolve_voice(self, speaker_id: int | str | None) -> str:
         """Map an index or a name (case-insensitive) to a voice name."""

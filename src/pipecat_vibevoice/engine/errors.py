@@ -38,3 +38,35 @@ class BackendLoadError(RuntimeError):
     def __init__(self, errors: list[str]) -> None:
         super().__init__("no TTS backend could be loaded: " + "; ".join(errors))
         self.errors = errors
+
+
+class VoiceError(ValueError):
+    """A voice cannot be added, stored or removed as asked; the message says why."""
+
+
+class VoiceNameError(VoiceError):
+    """A voice name is not allowed (characters, length) or is already taken."""
+
+
+class VoiceCloningUnsupportedError(VoiceError):
+    """The loaded engine cannot make voices from audio (only VibeVoice-1.5B can)."""
+
+
+class VoiceClipError(VoiceError):
+    """A reference clip the engine will not make a voice from."""
+
+
+class ClipTooShortError(VoiceClipError):
+    """The clip is shorter than the minimum a voice needs."""
+
+
+class ClipTooLongError(VoiceClipError):
+    """The clip is longer than the maximum the engine accepts."""
+
+
+class SilentClipError(VoiceClipError):
+    """The clip holds (next to) no sound."""
+
+
+class SampleRateError(VoiceClipError):
+    """The clip's sample rate is not a rate the engine can resample from."""
