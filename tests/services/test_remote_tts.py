@@ -293,3 +293,90 @@ async def test_probe_reports_reachability(make_server) -> None:
     report = await probe_remote_tts([gone], timeout=1.0)
     assert report["reachable"] is False and time.monotonic() - started < 5
     await asyncio.sleep(0)
+
+
+class CuttableRelay:
+    """A loopback TCP relay in front of a TTS server, cut at will like a dying pool replica.
+
+    ``cut(to_port)`` aborts every relayed connection at once (no close frame, the way
+    Serve's proxy drops a socket whose replica died) and sends new connections to
+    another server, as a pool routes them to a live replica.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.transports: list[asyncio.Transport] = []
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> CuttableRelay:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return self
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"ws://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/v1/tts/stream"
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+        self.transports += [writer.transport, up_writer.transport]
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def cut(self, to_port: int) -> None:
+        self.target = to_port
+        for transport in self.transports:
+            transport.abort()
+        self.transports.clear()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+async def test_a_server_dying_mid_utterance_is_an_error_frame_and_the_next_goes_elsewhere(
+    make_server,
+) -> None:
+    """Never silence: the cut utterance ends in an ErrorFrame; it is not spoken twice."""
+    first, second = make_server(), make_server()
+    relay = await CuttableRelay(first.port).start()
+    cut_at: list[int] = []
+
+    class CutAtFirstAudio(BaseObserver):
+        async def on_push_frame(self, data: FramePushed) -> None:
+            if isinstance(data.frame, TTSAudioRawFrame) and not cut_at:
+                cut_at.append(len(data.frame.audio))
+                relay.cut(to_port=second.port)
+
+    tts = RemoteTTSService(relay.url, backoff_base_s=0.05)
+    try:
+        down, up = await run_test(
+            tts,
+            frames_to_send=[TTSSpeakFrame(LONG), TTSSpeakFrame("After the cut.")],
+            observers=[CutAtFirstAudio()],
+            start_timeout=10,
+        )
+    finally:
+        await relay.close()
+    assert cut_at, "no audio came before the cut"
+    errs = errors(up)
+    assert len(errs) == 1 and "cut off after" in errs[0].error, [e.error for e in errs]
+    assert not errs[0].fatal
+    by_context = list(audio_bytes_by_context(down).values())
+    assert len(by_context) == 2
+    assert by_context[0] < 2 * 24000 * 10  # far less than the long text's audio
+    assert by_context[1] > 2 * 24000 * 0.5  # "After the cut." in full
+    # The first server saw its client vanish; the second spoke only the next utterance.
+    assert await outcomes(first) == ["disconnected"]
+    assert await outcomes(second) == ["ok"]
