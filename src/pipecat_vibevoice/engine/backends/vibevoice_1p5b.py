@@ -258,8 +258,10 @@ class VibeVoice15BBackend(SpeechBackend):
         )
         latents = stream_speech(model, embeds, settings, noise, request.stop)
         finished = False
+        made = 0
         try:
             for audio in latents:
+                made += 1
                 span, marks = words.latent()
                 yield AudioPiece(audio.float().cpu().numpy(), text_span=span, words=marks)
                 if request.stop.is_set():
@@ -267,6 +269,11 @@ class VibeVoice15BBackend(SpeechBackend):
             finished = not request.stop.is_set()
         finally:
             latents.close()
+        if finished and made >= settings.max_latents and "max_latents" not in request.options:
+            logger.warning(
+                f"VibeVoice-1.5B stopped at its cap of {settings.max_latents} latents before "
+                f"the model ended the utterance ({len(text)} characters): the speech may be cut"
+            )
         rest = words.rest() if finished else ()
         if rest:
             yield AudioPiece(np.zeros(0, np.float32), text_span=(len(text), len(text)), words=rest)
