@@ -32,7 +32,7 @@ async def test_a_voice_added_from_a_clip_speaks_over_the_socket_by_name(
         await engine.cleanup()
     assert got["a"].final["type"] == "done", got["a"].events
     started = next(e for e in got["a"].events if e["type"] == "started")
-    assert started.get("voice", "Alice") == "Alice"
+    assert started["voice"] == "Alice" and started["sample_rate"] == SAMPLE_RATE
     pcm = np.frombuffer(bytes(got["a"].audio), dtype="<i2")
     assert pcm.size > 0 and pcm.size % HOP == 0 and np.abs(pcm).max() > 1000
     error = got["b"].final
