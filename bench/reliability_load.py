@@ -84,8 +84,8 @@ class CountingPlayer(PlaybackModel):
 class LoadClient(VoiceClient):
     """:class:`VoiceClient` with the counting player and the bot's speaking state."""
 
-    def __init__(self, url: str, underrun_s: float) -> None:
-        super().__init__(url)
+    def __init__(self, url: str, underrun_s: float, custom_messages: bool = True) -> None:
+        super().__init__(url, custom_messages=custom_messages)
         self.player = CountingPlayer(24000, underrun_s=underrun_s)
 
     def _on_message(self, msg: dict, now: float) -> None:
@@ -103,7 +103,12 @@ class SessionResult:
     """What one session did."""
 
     completed: bool = False
+    refused: bool = False
+    #: Connection attempt to the server's refusal (close or error), when refused.
+    refused_after_s: float | None = None
+    refusal: str = ""
     answers: int = 0
+    v2v: list[float] = field(default_factory=list)
     no_answer: int = 0
     barge: list[float] = field(default_factory=list)
     skipped: int = 0
@@ -113,16 +118,47 @@ class SessionResult:
     exception: str | None = None
 
 
+def refusal_of(client: VoiceClient) -> str | None:
+    """The server's reason when it refused the session (1013 busy, or an error first)."""
+    if client.close_code == 1013 or (client.closed.is_set() and client.events.errors):
+        errors = "; ".join(e for _, e in client.events.errors)
+        return f"{client.close_code} {client.close_reason} {errors}".strip()
+    return None
+
+
 async def run_session(
-    url: str, phrases: list[np.ndarray], deadline: float, seed: int, underrun_s: float
+    url: str,
+    phrases: list[np.ndarray],
+    deadline: float,
+    seed: int,
+    underrun_s: float,
+    custom_messages: bool = True,
 ) -> SessionResult:
-    """The talk / barge-in loop of one session until ``deadline``."""
+    """The talk / barge-in loop of one session until ``deadline``.
+
+    A session the server refuses (closed with 1013, or an RTVI error then a close,
+    before its first answer) is recorded as refused with the time it took to say so.
+    """
     rng = random.Random(seed)
     result = SessionResult()
-    client = LoadClient(url, underrun_s)
+    client = LoadClient(url, underrun_s, custom_messages)
+    attempted = time.monotonic()
     try:
-        await client.connect()
-        await asyncio.sleep(rng.uniform(0.2, 1.5))  # do not all speak at the same instant
+        try:
+            await client.connect()
+        except Exception as exc:  # refused at the handshake (HTTP 403/503)
+            result.refused, result.refusal = True, repr(exc)
+            result.refused_after_s = time.monotonic() - attempted
+            return result
+        # Do not all speak at the same instant; a refusal arrives during this wait.
+        try:
+            await asyncio.wait_for(client.closed.wait(), rng.uniform(0.2, 1.5))
+        except TimeoutError:
+            pass
+        if (reason := refusal_of(client)) is not None:
+            result.refused, result.refusal = True, reason
+            result.refused_after_s = time.monotonic() - attempted
+            return result
         k = rng.randrange(len(phrases))
         utt = await client.say(phrases[k])
         while time.monotonic() < deadline:
@@ -136,6 +172,7 @@ async def run_session(
                 utt = await client.say(phrases[k % len(phrases)])
                 continue
             result.answers += 1
+            result.v2v.append(heard - utt.end)
             await asyncio.sleep(max(0.0, heard + rng.uniform(0.6, 1.4) - time.monotonic()))
             if time.monotonic() >= deadline:
                 break

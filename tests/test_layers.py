@@ -12,6 +12,7 @@ PACKAGE = "pipecat_vibevoice"
 FLOORS = {
     "settings_base": 0,
     "web_access": 0,
+    "server_load": 0,
     "wav": 0,
     "models": 1,
     "engine": 2,

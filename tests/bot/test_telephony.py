@@ -410,10 +410,18 @@ async def test_calls_follow_the_access_rule_and_the_session_limit():
         # A browser page of another site may not place a call.
         with pytest.raises(websockets.exceptions.InvalidStatus):
             await FakeTwilioCall(bare.url, headers={"Origin": "https://evil.example"}).connect()
-        # A full server refuses calls like any other session.
+        # A full server refuses calls like any other session: "try again later" (1013).
         bare.registry.live["web"] = SessionInfo("web", "someone at /ws")
-        with pytest.raises(websockets.exceptions.InvalidStatus):
-            await FakeTwilioCall(bare.url).connect()
+        async with websockets.connect(bare.url) as refused:
+            with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
+                await asyncio.wait_for(refused.recv(), 5)
+        assert closed.value.rcvd.code == 1013
+        # ... and the call's webhook tells the caller so instead of connecting it.
+        webhook = urllib.request.Request(
+            f"http://127.0.0.1:{bare.port}{TWILIO_PATH}", data=b"", method="POST"
+        )
+        reply = await asyncio.to_thread(lambda: urllib.request.urlopen(webhook).read().decode())
+        assert "<Say>" in reply and "<Hangup/>" in reply and "<Stream" not in reply
         del bare.registry.live["web"]
         assert bare.registry.total == 0
     async with _BareApp(serving=_serving(token="tok")) as bare:

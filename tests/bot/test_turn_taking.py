@@ -200,3 +200,17 @@ async def test_an_interim_transcript_waits_while_final_ones_run(transcriber, spe
         run("final-2", Transcriber.FINAL),
     )
     assert done == ["final-1", "final-2", "interim"], done
+
+
+async def test_final_transcripts_queued_together_are_decoded_in_batches(transcriber, speech):
+    """Four conversations end their turns at once: the finals share decoder batches
+    (the first may start alone before the others arrive) and each says what it heard."""
+    audio = speech["question"].astype(np.float32) / 32768.0
+    batches_before, jobs_before = transcriber.batches, transcriber.jobs
+    results = await asyncio.gather(
+        *(transcriber.transcribe(audio * gain, Transcriber.FINAL) for gain in (1.0, 0.8, 0.6, 0.9))
+    )
+    assert transcriber.jobs - jobs_before == 4
+    assert transcriber.batches - batches_before <= 2, "finals were decoded one by one"
+    assert all("time is it" in r.text.lower() for r in results), [r.text for r in results]
+    assert all(r.tail_confidence is not None for r in results)

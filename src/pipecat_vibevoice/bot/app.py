@@ -8,7 +8,9 @@ Extending it: add a router factory to :data:`ROUTER_FACTORIES` (or pass
 * ``state.models`` — :class:`~pipecat_vibevoice.pipeline.SharedModels` (TTS engine,
   Whisper transcriber, Silero and smart-turn sessions), loaded once at start-up
 * ``state.engine`` — the TTS engine (same as ``state.models.tts``)
-* ``state.sessions`` — :class:`~.session.SessionRegistry`
+* ``state.sessions`` — :class:`~.session.SessionRegistry`, with the server's
+  :class:`~pipecat_vibevoice.server_load.Admission` (``state.sessions.admission``)
+* ``state.load`` — the :class:`~pipecat_vibevoice.server_load.LoadMonitor` it admits by
 * ``state.access`` — the :class:`~pipecat_vibevoice.web_access.AccessPolicy` every socket
   of the app follows (origins, token)
 """
@@ -23,6 +25,7 @@ from fastapi import APIRouter, FastAPI
 from loguru import logger
 
 from ..pipeline.models import SharedModels, load_shared_models
+from ..server_load import Admission, LoadMonitor, register_load_metrics
 from ..serving import create_tts_router
 from ..web_access import AccessPolicy
 from .routes import bot_router
@@ -72,6 +75,12 @@ def create_app(
             # (a remote server checks its voices itself).
             if app.state.models.tts is not None:
                 app.state.models.tts.resolve_voice(settings.bot.voice)
+        await app.state.load.start()
+        if app.state.models is not None:
+            # Speech recognition behind = conversations waiting for their answers.
+            transcriber = app.state.models.transcriber
+            app.state.load.probes["stt_wait_s"] = transcriber.oldest_final_wait
+            transcriber.has_slack = app.state.load.has_slack
         logger.info(
             f"voice bot ready on http://{settings.host}:{settings.port} "
             f"(pipeline={settings.pipeline}, "
@@ -80,6 +89,7 @@ def create_app(
         try:
             yield
         finally:
+            await app.state.load.stop()
             await app.state.sessions.cancel_all("server shutting down")
             if owned:
                 await app.state.models.close()
@@ -88,21 +98,51 @@ def create_app(
     app.state.settings = settings
     app.state.models = models
     app.state.engine = models.tts if models is not None else None
-    app.state.sessions = SessionRegistry()
+    app.state.load = LoadMonitor()
+    app.state.sessions = SessionRegistry(
+        Admission(
+            app.state.load,
+            budget_share=settings.load_budget,
+            prior_session_cores=settings.session_cost_cores,
+            max_sessions=settings.max_sessions,
+            max_probe={"stt_wait_s": 1.0},
+            enabled=settings.admission == "load",
+        )
+    )
     app.state.tts_factory = tts_factory
     app.state.access = AccessPolicy.from_settings(settings.allowed_origins, settings.serving.token)
     for factory in ROUTER_FACTORIES:
         app.include_router(factory())
     # The TTS API for apps that only need speech, on the same engine (docs/serving.md).
     if not remote_urls:
-        app.include_router(
-            create_tts_router(
-                settings.serving,
-                tts_config=settings.tts,
-                access=app.state.access,
-                warm=settings.pipeline == "vibevoice",
-            )
+        tts_router = create_tts_router(
+            settings.serving,
+            tts_config=settings.tts,
+            access=app.state.access,
+            warm=settings.pipeline == "vibevoice",
         )
+        app.include_router(tts_router)
+        metrics_registry = tts_router.serving_state.metrics.registry
+    else:  # no TTS API here: the load metrics get a /metrics of their own
+        metrics_registry = metrics_router_registry(app)
+    register_load_metrics(
+        metrics_registry, app.state.sessions.admission, lambda: len(app.state.sessions.live)
+    )
     for router in extra_routers:
         app.include_router(router)
     return app
+
+
+def metrics_router_registry(app: FastAPI) -> Any:
+    """A private Prometheus registry served at ``GET /metrics`` of ``app``."""
+    from fastapi import Response
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+    registry = CollectorRegistry(auto_describe=True)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return registry

@@ -50,6 +50,10 @@ def bot_router() -> APIRouter:
             "status": "ok",
             "pipeline": settings.pipeline,
             "sessions": state.sessions.summary(),
+            # Whether a new conversation would be admitted now, and why not.
+            "load": state.sessions.admission.report(len(state.sessions.live))
+            if state.sessions.admission is not None
+            else None,
             "llm": "offline responder"
             if settings.bot.uses_offline_responder
             else {"url": settings.bot.llm_url, "model": settings.bot.llm_model},

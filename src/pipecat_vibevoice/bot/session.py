@@ -2,7 +2,8 @@
 
 A browser or Python client at ``/ws`` and a phone call at ``/telephony/twilio``
 (:mod:`.telephony`) differ only in their serializer and their first messages; what they
-share lives here, so both follow one rule: :func:`admit` (access policy and
+share lives here, so both follow one rule: :func:`admit` (access policy, then the
+server's :class:`~pipecat_vibevoice.server_load.Admission`: measured load and
 ``max_sessions``), :func:`tracked_session` (the registry behind ``/health``, the session
 id on every log line) and :func:`run_pipeline` (build, run, cancel on hang-up, count
 failures).
@@ -14,7 +15,7 @@ import asyncio
 import itertools
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,7 @@ from pipecat.workers.runner import WorkerRunner
 
 from ..pipeline.builder import AUDIO_IN_RATE, AUDIO_OUT_RATE, build_voice_pipeline
 from ..pipeline.models import SharedModels
+from ..server_load import Admission, Refusal
 from ..web_access import AccessPolicy
 from .serializer import SafeProtobufSerializer
 from .settings import ServerSettings
@@ -46,10 +48,22 @@ class SessionInfo:
     worker: Any = None
 
 
-class SessionRegistry:
-    """Live sessions of this process, for ``/health``, limits and shutdown."""
+#: Close code for "server busy, try again later" (RFC 6455 1013).
+CLOSE_TRY_LATER = 1013
 
-    def __init__(self) -> None:
+#: What a refused client is told before the close, in its own wire format (None: nothing).
+BusyNotice = Callable[[str], Awaitable[bytes | str | None]]
+
+
+class SessionRegistry:
+    """Live sessions of this process, for ``/health``, admission and shutdown.
+
+    ``admission`` decides whether a new session may start (measured load and the
+    session cap); without one only ``ServerSettings.max_sessions`` limits.
+    """
+
+    def __init__(self, admission: Admission | None = None) -> None:
+        self.admission = admission
         self.live: dict[str, SessionInfo] = {}
         self.total = 0
         self.failed = 0
@@ -61,7 +75,20 @@ class SessionRegistry:
 
     def summary(self) -> dict[str, Any]:
         """Counts for ``/health``."""
-        return {"active": len(self.live), "total": self.total, "failed": self.failed}
+        return {
+            "active": len(self.live),
+            "total": self.total,
+            "failed": self.failed,
+            "refused": sum(self.admission.refused.values()) if self.admission else 0,
+        }
+
+    def refusal(self, max_sessions: int = 0) -> Refusal | None:
+        """Why a new session may not start now, or None."""
+        if self.admission is not None:
+            return self.admission.check(len(self.live))
+        if max_sessions and len(self.live) >= max_sessions:
+            return Refusal("session limit", f"server busy: {len(self.live)} sessions is the limit")
+        return None
 
     async def cancel_all(self, reason: str) -> None:
         """Cancel every live pipeline (server shutdown)."""
@@ -99,12 +126,20 @@ def make_transport(
 
 
 async def admit(
-    websocket: WebSocket, settings: ServerSettings, registry: SessionRegistry, access: AccessPolicy
+    websocket: WebSocket,
+    settings: ServerSettings,
+    registry: SessionRegistry,
+    access: AccessPolicy,
+    busy_notice: BusyNotice | None = None,
 ) -> bool:
-    """Whether a socket may open a session; if not, it is closed here, before the handshake.
+    """Whether a socket may open a session; if not, it is closed here.
 
-    One rule for every socket of the bot: the access policy (origins, token), then the
-    ``max_sessions`` limit over every live session, web or phone.
+    One rule for every socket of the bot: the access policy (origins, token) refuses
+    before the handshake (HTTP 403); then the registry's admission (measured load,
+    ``max_sessions``) over every live session, web or phone. A busy server accepts the
+    socket only to say so: ``busy_notice``'s message (an RTVI ``error`` on ``/ws``),
+    then close code 1013 ("try again later") with the reason — at once, so a caller is
+    never admitted to wait in silence.
     """
     client = client_name(websocket)
     refusal = access.check(websocket.headers, websocket.scope.get("query_string", b""))
@@ -113,11 +148,32 @@ async def admit(
         logger.warning(f"refused {client}: {refusal.message}")
         await websocket.close(code=1008, reason=refusal.message[:120])
         return False
-    if settings.max_sessions and len(registry.live) >= settings.max_sessions:
-        await websocket.close(code=1013, reason="server busy: too many sessions")
-        logger.warning(f"refused {client}: {len(registry.live)} sessions already")
-        return False
-    return True
+    busy = registry.refusal(settings.max_sessions)
+    if busy is None:
+        return True
+    logger.warning(f"refused {client} ({busy.reason}): {busy.message}")
+    try:
+        await websocket.accept()
+        notice = await busy_notice(busy.message) if busy_notice is not None else None
+        if isinstance(notice, bytes):
+            await websocket.send_bytes(notice)
+        elif isinstance(notice, str):
+            await websocket.send_text(notice)
+        await websocket.close(code=CLOSE_TRY_LATER, reason=busy.message[:120])
+    except Exception as exc:  # the caller left first
+        logger.debug(f"{client} left before its refusal: {exc!r}")
+    return False
+
+
+async def protobuf_busy_notice(message: str) -> bytes | str | None:
+    """The refusal as a fatal RTVI ``error`` in Pipecat's protobuf frames (``/ws``)."""
+    from pipecat.frames.frames import OutputTransportMessageUrgentFrame
+
+    from ..pipeline.frames import client_error
+
+    return await SafeProtobufSerializer().serialize(
+        OutputTransportMessageUrgentFrame(message=client_error(message, fatal=True))
+    )
 
 
 def client_name(websocket: WebSocket) -> str:
@@ -208,7 +264,7 @@ async def run_session(
 ) -> None:
     """Accept the socket, run its pipeline until either side ends, clean up."""
     access = access or AccessPolicy.from_settings(settings.allowed_origins, settings.serving.token)
-    if not await admit(websocket, settings, registry, access):
+    if not await admit(websocket, settings, registry, access, protobuf_busy_notice):
         return
     with tracked_session(registry, client_name(websocket)) as info:
         await websocket.accept()

@@ -14,6 +14,7 @@ from ..settings_base import EnvSettings, SettingsError
 PipelineKind = Literal["vibevoice", "stock"]
 LogLevel = Literal["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"]
 TwilioResampler = Literal["line", "soxr"]
+AdmissionMode = Literal["load", "off"]
 
 
 @dataclass
@@ -25,7 +26,14 @@ class ServerSettings(EnvSettings):
         port: TCP port serving ``/``, ``/ws`` and ``/health``.
         pipeline: ``vibevoice`` (this stack) or ``stock`` (Pipecat's own Whisper and
             Piper services, per-connection models; the benchmark's peer).
-        max_sessions: Refuse new connections beyond this many (0 = no limit).
+        max_sessions: Refuse new connections beyond this many (0 = no fixed limit).
+        admission: ``load`` (default): a new ``/ws`` or ``/telephony/*`` connection is
+            refused (close 1013, with an RTVI ``error`` first) when one more conversation
+            would not fit the measured load (:mod:`pipecat_vibevoice.server_load`);
+            ``off``: only ``max_sessions`` limits.
+        load_budget: Share of the usable cores conversations may take in all (0..1].
+        session_cost_cores: Cores one conversation is assumed to take until this
+            server has measured it (it learns the real figure while it serves).
         allowed_origins: Browser origins allowed on every socket (``/ws``,
             ``/telephony/*``, ``/v1/tts/stream``) beyond pages of this server itself;
             comma-separated, ``*`` = any. Clients that send no ``Origin`` are not browsers
@@ -62,6 +70,17 @@ class ServerSettings(EnvSettings):
     )
     max_sessions: int = field(
         default=0, metadata={"help": "refuse connections beyond this many (0 = no limit)"}
+    )
+    admission: AdmissionMode = field(
+        default="load",
+        metadata={"help": "'load': refuse new conversations that would not fit the measured load"},
+    )
+    load_budget: float = field(
+        default=0.8, metadata={"help": "share of the cores conversations may use, (0, 1]"}
+    )
+    session_cost_cores: float = field(
+        default=0.2,
+        metadata={"help": "cores per conversation assumed until measured (then learned)"},
     )
     allowed_origins: str = field(
         default="",
@@ -118,6 +137,12 @@ class ServerSettings(EnvSettings):
             raise SettingsError(f"tts_url must be ws:// or wss:// URLs, got {self.tts_url!r}")
         if self.max_sessions < 0:
             raise SettingsError(f"max_sessions must be >= 0, got {self.max_sessions}")
+        if self.admission not in ("load", "off"):
+            raise SettingsError(f"admission must be 'load' or 'off', got {self.admission!r}")
+        if not 0 < self.load_budget <= 1:
+            raise SettingsError(f"load_budget must be in (0, 1], got {self.load_budget}")
+        if self.session_cost_cores <= 0:
+            raise SettingsError(f"session_cost_cores must be > 0, got {self.session_cost_cores}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -43,7 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
-from xml.sax.saxutils import quoteattr
+from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
 from fastapi import APIRouter, Request, WebSocket
@@ -488,6 +488,19 @@ def twiml_connect(url: str) -> str:
     )
 
 
+#: What a caller hears when every line is busy (the webhook answers this instead of
+#: connecting the call, so the caller is told rather than left in silence).
+BUSY_SPEECH = "Sorry, all our lines are busy right now. Please call again in a few minutes."
+
+
+def twiml_busy(speech: str = BUSY_SPEECH) -> str:
+    """TwiML that tells the caller the bot is busy and hangs up."""
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        f"<Response><Say>{escape(speech)}</Say><Hangup/></Response>"
+    )
+
+
 def telephony_router() -> APIRouter:
     """``POST /telephony/twilio`` (TwiML) and ``WS /telephony/twilio`` (the call)."""
     router = APIRouter()
@@ -497,6 +510,13 @@ def telephony_router() -> APIRouter:
         url = stream_url(request)
         if url is None:
             return Response("bad Host header", status_code=400, media_type="text/plain")
+        state = request.app.state
+        busy = state.sessions.refusal(state.settings.max_sessions)
+        if busy is not None:
+            # Refused here, where the caller can still be told; the media socket
+            # would refuse the same way (close 1013), but Twilio has no way to say it.
+            logger.warning(f"call refused ({busy.reason}): {busy.message}")
+            return Response(twiml_busy(), media_type="application/xml")
         return Response(twiml_connect(url), media_type="application/xml")
 
     @router.websocket(TWILIO_PATH)

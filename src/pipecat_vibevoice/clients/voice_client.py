@@ -271,6 +271,9 @@ class VoiceClient:
         self.closed = asyncio.Event()
         self._changed = asyncio.Event()
         self.connected_at: float | None = None
+        #: How the server closed the socket (e.g. 1013 "server busy"), once closed.
+        self.close_code: int | None = None
+        self.close_reason: str = ""
 
     async def __aenter__(self) -> VoiceClient:
         await self.connect()
@@ -324,6 +327,7 @@ class VoiceClient:
         await self._ws.send(data)
 
     async def _microphone(self) -> None:
+        import websockets
         from pipecat.frames.protobufs import frames_pb2
 
         silence = np.zeros(FRAME_SAMPLES, np.int16)
@@ -346,7 +350,10 @@ class VoiceClient:
             msg.audio.audio = frame.tobytes()
             msg.audio.sample_rate = MIC_RATE
             msg.audio.num_channels = 1
-            await self._ws.send(msg.SerializeToString())
+            try:
+                await self._ws.send(msg.SerializeToString())
+            except websockets.ConnectionClosed:
+                return  # the server hung up (e.g. refused the session): nothing to say
             if current is not None:
                 audio, utt, done = current
                 if rms(frame) >= AUDIBLE_RMS:
@@ -368,6 +375,7 @@ class VoiceClient:
     # -- receiving --------------------------------------------------------------------
 
     async def _receive(self) -> None:
+        import websockets
         from pipecat.frames.protobufs import frames_pb2
 
         try:
@@ -391,7 +399,11 @@ class VoiceClient:
                 elif kind == "text":
                     self.events.bot_text.append((now, frame.text.text))
                 self._changed.set()
+        except websockets.ConnectionClosed:
+            pass  # a close with an error code (e.g. 1013 busy): kept in close_code
         finally:
+            self.close_code = getattr(self._ws, "close_code", None)
+            self.close_reason = getattr(self._ws, "close_reason", None) or ""
             self.closed.set()
             self._changed.set()
 

@@ -65,9 +65,9 @@ def client_message(kind: str, **data: Any) -> dict[str, Any]:
     return ServerMessage(data={"type": kind, **data}).model_dump()
 
 
-def client_error(error: str) -> dict[str, Any]:
-    """An RTVI ``error`` (not fatal: the session goes on)."""
-    return Error(data=ErrorData(error=error, fatal=False)).model_dump()
+def client_error(error: str, fatal: bool = False) -> dict[str, Any]:
+    """An RTVI ``error``; ``fatal`` when the session ends with it (a refusal)."""
+    return Error(data=ErrorData(error=error, fatal=fatal)).model_dump()
 
 
 def message_kind(message: dict[str, Any]) -> str | None:

@@ -11,11 +11,16 @@ The rules that follow from that are written once here:
   not count towards Pipecat's "three silent contexts" rule;
 * in sentence mode ``run_tts`` always completes its context inline;
 * an interruption stops every interruptible turn, also one whose audio context Pipecat
-  already dropped (after ``stop_frame_timeout_s`` without audio).
+  already dropped (after ``stop_frame_timeout_s`` without audio);
+* a context renders at most ``render_ahead_secs`` of audio ahead of its playback
+  (:meth:`WordTimedTTSService._pace`): audio rendered further ahead is mostly thrown
+  away by the next barge-in, and on a busy box its CPU is taken from the conversations
+  whose listeners are about to run dry.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass
@@ -60,6 +65,22 @@ class ContextClock:
         self.audio_s = start + (chunk.end_s - chunk.start_s)
         return [(word, start + max(0.0, at - chunk.start_s)) for word, at in chunk.words]
 
+    def ahead(self, now: float) -> float:
+        """Seconds of the context's audio produced but not yet played at ``now``.
+
+        Playback cannot start before a chunk exists, so this never overstates what the
+        listener has buffered (a hold or a previous context still playing only make
+        the real buffer larger): pacing on it can only err towards rendering early.
+        """
+        if self.first_at is None:
+            return 0.0
+        return self.audio_s - (now - self.first_at)
+
+
+#: Default of ``render_ahead_secs``: enough for any model call under load (a Piper or
+#: VibeVoice chunk takes tens of milliseconds), small next to a typical reply.
+RENDER_AHEAD_SECS = 1.5
+
 
 class WordTimedTTSService(TTSService):
     """A Pipecat ``TTSService`` whose audio comes with word times (see the module doc).
@@ -69,10 +90,23 @@ class WordTimedTTSService(TTSService):
     :meth:`_turn_ids` and :meth:`_cancel_turn` for their token-mode turns.
     """
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(
+        self, *, render_ahead_secs: float | None = RENDER_AHEAD_SECS, **kwargs: Any
+    ) -> None:
+        """Create the service.
+
+        Args:
+            render_ahead_secs: Most audio a context renders ahead of its playback
+                (None: as fast as the model goes).
+            **kwargs: Pipecat ``TTSService`` arguments.
+
+        """
         # Word times replace Pipecat's whole-sentence text frames.
         kwargs["push_text_frames"] = False
         super().__init__(**kwargs)
+        if render_ahead_secs is not None and render_ahead_secs <= 0:
+            raise ValueError(f"render_ahead_secs must be > 0, got {render_ahead_secs}")
+        self._render_ahead_secs = render_ahead_secs
         self._refused_contexts: set[str] = set()
         self._clocks: dict[str, ContextClock] = {}
 
@@ -87,6 +121,20 @@ class WordTimedTTSService(TTSService):
         """Hand the words to Pipecat after their audio frame, so they follow it."""
         if words:
             await self.add_word_timestamps(words, context_id)
+
+    async def _pace(self, context_id: str) -> None:
+        """Wait before the next model call while the context is far enough ahead.
+
+        Call it between chunks of a request. It sleeps until at most
+        ``render_ahead_secs`` of the context's audio is unplayed
+        (:meth:`ContextClock.ahead`); an interruption cancels the sleep with the task.
+        """
+        clock = self._clocks.get(context_id)
+        if clock is None or self._render_ahead_secs is None:
+            return
+        excess = clock.ahead(time.monotonic()) - self._render_ahead_secs
+        if excess > 0:
+            await asyncio.sleep(excess)
 
     # -- refused requests ----------------------------------------------------------------
 

@@ -155,7 +155,9 @@ class VibeVoiceTTSService(WordTimedTTSService):
             engine_options: Extra backend options sent with every request (``seed``
                 for reproducible speech on either engine; VibeVoice: ``solver``);
                 unknown keys are ignored by backends that do not read them.
-            **kwargs: Passed to :class:`TTSService`.
+            **kwargs: Passed to :class:`~..word_timed.WordTimedTTSService`
+                (``render_ahead_secs``: most audio rendered ahead of playback, 1.5 s)
+                and :class:`TTSService`.
 
         """
         # 1. The engine: a shared instance, or the config of the process-wide one.
@@ -413,6 +415,7 @@ class VibeVoiceTTSService(WordTimedTTSService):
                     words = self._place_words(context_id, chunk)
                     yield await self._audio_frame(chunk.pcm, engine, context_id)
                     await self._report_words(context_id, words)
+                    await self._pace(context_id)
         except ValueError as exc:
             # Bad voice, text or controls: the request's fault, not the engine's.
             logger.warning(f"{self}: request refused: {exc}")

@@ -1,0 +1,111 @@
+"""The admission rule on a load monitor whose figures the test sets."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from pipecat_vibevoice.server_load import Admission, LoadMonitor, LoadSample, read_machine_cpu
+
+
+class SetMonitor(LoadMonitor):
+    """A monitor that reports what the test says instead of measuring."""
+
+    def __init__(self, cores: float = 2.0) -> None:
+        super().__init__()
+        self.cores = cores
+        self.now = LoadSample(0.1, 0.0, 0.0, {})
+
+    def sample(self) -> LoadSample:
+        return self.now
+
+    def feed(self, process_cores: float, times: int = 200) -> None:
+        """Hand the listeners ``times`` samples of ``process_cores``."""
+        self.now = LoadSample(self.now.machine_busy_share, process_cores, 0.0, {})
+        for _ in range(times):
+            for listener in self._listeners:
+                listener(self.now)
+
+
+def test_capacity_is_the_budget_over_the_cost_of_a_conversation():
+    monitor = SetMonitor(cores=2.0)
+    admission = Admission(monitor, budget_share=0.8, prior_session_cores=0.4)
+    assert admission.capacity() == 4  # 1.6 cores / 0.4
+    assert admission.check(3) is None
+    refusal = admission.check(4)
+    assert refusal is not None and refusal.reason == "at capacity"
+    assert "try again later" in refusal.message
+    assert admission.refused == {"at capacity": 1}
+
+
+def test_an_idle_server_always_admits_one_and_the_hard_cap_always_holds():
+    monitor = SetMonitor(cores=2.0)
+    admission = Admission(monitor, prior_session_cores=64.0, max_sessions=3)
+    assert admission.capacity() == 0
+    assert admission.check(0) is None  # the estimate may be wrong; one is always fine
+    assert admission.check(1).reason == "at capacity"
+    off = Admission(monitor, prior_session_cores=64.0, max_sessions=3, enabled=False)
+    assert off.check(2) is None
+    assert off.check(3).reason == "session limit"
+
+
+@pytest.mark.parametrize(
+    ("sample", "why"),
+    [
+        (LoadSample(0.97, 1.9, 0.0, {}), "CPU"),
+        (LoadSample(0.2, 0.2, 400.0, {}), "event loop"),
+        (LoadSample(0.2, 0.2, 0.0, {"stt_wait_s": 2.5}), "stt_wait_s"),
+    ],
+)
+def test_an_overloaded_server_refuses_whatever_the_estimate_says(sample, why):
+    monitor = SetMonitor()
+    admission = Admission(monitor, prior_session_cores=0.01, max_probe={"stt_wait_s": 1.0})
+    monitor.now = sample
+    refusal = admission.check(1)
+    assert refusal is not None and refusal.reason == "overloaded" and why in refusal.message
+    report = admission.report(1)
+    assert report["admits"] is False and why in report["reason"]
+
+
+def test_the_cost_of_a_conversation_is_learned_from_what_the_process_uses():
+    monitor = SetMonitor(cores=2.0)
+    admission = Admission(monitor, budget_share=0.8, prior_session_cores=0.1, learn_secs=5.0)
+    monitor.feed(0.05)  # idle: the baseline
+    admission.note_sessions(4)
+    monitor.feed(0.05 + 4 * 0.3)  # four conversations at 0.3 cores each
+    assert admission.session_cores == pytest.approx(0.3, rel=0.02)
+    assert admission.capacity() == int((1.6 - 0.05) / admission.session_cores)
+    # Idle sessions never make a conversation look free.
+    monitor.feed(0.05)
+    assert admission.session_cores >= 0.1 * admission.session_cores
+
+
+async def test_the_monitor_measures_this_process_and_the_loop():
+    """Whatever else the machine runs: the CPU this process used is what the samples
+    add up to, and a loop blocked for 0.25 s shows at least that much lag."""
+    monitor = LoadMonitor(sample_secs=0.1, lag_every_secs=0.02)
+    samples: list[LoadSample] = []
+    monitor.add_listener(samples.append)
+    await monitor.start()
+    await asyncio.sleep(0.15)  # the first sample sets the baseline
+    cpu0, wall0 = time.process_time(), time.monotonic()
+    try:
+        deadline = time.monotonic() + 0.6
+        while time.monotonic() < deadline:
+            sum(i * i for i in range(20000))  # keep this thread busy...
+            await asyncio.sleep(0)
+        time.sleep(0.25)  # ...and block the loop once
+        await asyncio.sleep(0.15)
+        sample = monitor.sample()
+    finally:
+        await monitor.stop()
+    used = time.process_time() - cpu0
+    assert used > 0
+    measured = sum(s.process_cores * s.interval_s for s in samples[1:])
+    assert 0.5 * used < measured < 2 * used, (used, measured)
+    assert sample.loop_lag_ms >= 150
+    assert time.monotonic() - wall0 >= 0.25
+    if read_machine_cpu() is not None:
+        assert 0.0 < sample.machine_busy_share <= 1.0
