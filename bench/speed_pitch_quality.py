@@ -163,7 +163,12 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pitch-method", default="engine", choices=["engine", "psola", "world"])
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "speed_pitch_quality.png")
+    parser.add_argument("--kinds", default="speed,pitch", help="rows to score (comma list)")
+    parser.add_argument("--grid", help="factors to score (comma list; default 0.5-2.0 by 0.25)")
+    parser.add_argument("--sentences", type=int, default=len(SENTENCES), help="first N only")
     args = parser.parse_args()
+    grid = [float(v) for v in args.grid.split(",")] if args.grid else GRID
+    del SENTENCES[args.sentences :]
 
     from pipecat_vibevoice.engine import TTSConfig, TTSEngine
 
@@ -175,8 +180,8 @@ async def main() -> None:
     rows: list[tuple[str, float, float, float]] = []
     try:
         base = await engine_clips(engine, 1.0, 1.0)
-        for kind in ("speed", "pitch"):
-            for value in GRID:
+        for kind in args.kinds.split(","):
+            for value in grid:
                 if kind == "pitch" and args.pitch_method != "engine" and value != 1.0:
                     clips = [candidate_pitch(args.pitch_method, c, value) for c in base]
                 elif value == 1.0:

@@ -17,6 +17,8 @@ import math
 import numpy as np
 import soxr
 
+from .pitch import PitchShifter
+
 
 def float_to_pcm16(audio: np.ndarray) -> bytes:
     """Clip to [-1, 1] and convert to 16-bit little-endian PCM bytes."""
@@ -93,15 +95,17 @@ class _WsolaStretch:
 class SpeedPitchStage:
     """Change speed and pitch independently on a stream.
 
-    Two real DSP stages, both streaming: WSOLA time-scale modification (``audiotsm``)
-    changes tempo by ``speed / pitch`` while keeping the pitch, then a soxr resampler
-    plays the result ``pitch`` times faster, which raises the pitch by ``pitch`` and
-    brings the tempo to ``speed``. Rubber Band (pedalboard) was measured first: its
-    real-time pitch shifter holds back about a second of audio, too much for a live
-    voice; WSOLA's look-ahead is about two frames (~90 ms at 22 kHz).
+    Pitch first, on the model's own audio: :class:`~.pitch.PitchShifter` repeats the
+    glottal pulses faster or slower and keeps each pulse's shape, so the formants and
+    the duration stay as they are. Then speed, where the model has no native control: a
+    streaming WSOLA time-scale modification (``audiotsm``), which keeps the pitch.
 
-    WSOLA loses material beyond a 2x tempo change, so larger factors (speed 2 with
-    pitch 0.5 needs 4x) are split over two cascaded stages.
+    Measured before (``bench/speed_pitch_quality.py``): pitch as WSOLA then resampling,
+    which moves every formant with the pitch (DNSMOS OVRL 2.57 at 0.75, 1.63 at 0.5);
+    Rubber Band's real-time shifter (pedalboard) holds back about a second of audio.
+
+    WSOLA loses material beyond a 2x tempo change, so larger factors are split over two
+    cascaded stages.
     """
 
     FRAME_LENGTH_S = 0.046
@@ -111,33 +115,29 @@ class SpeedPitchStage:
         self.sample_rate = sample_rate
         self.speed = speed
         self.pitch = pitch
-        tempo = speed / pitch
+        self._shifter = (
+            None if math.isclose(pitch, 1.0, rel_tol=1e-6) else PitchShifter(sample_rate, pitch)
+        )
         self._stretches: list[_WsolaStretch] = []
-        if not math.isclose(tempo, 1.0, rel_tol=1e-6):
-            stages = 1 if 1 / self.MAX_TEMPO_PER_STAGE <= tempo <= self.MAX_TEMPO_PER_STAGE else 2
-            per_stage = tempo ** (1 / stages)
+        if not math.isclose(speed, 1.0, rel_tol=1e-6):
+            stages = 1 if 1 / self.MAX_TEMPO_PER_STAGE <= speed <= self.MAX_TEMPO_PER_STAGE else 2
+            per_stage = speed ** (1 / stages)
             self._stretches = [
                 _WsolaStretch(sample_rate, per_stage, self.FRAME_LENGTH_S) for _ in range(stages)
             ]
-        self._resampler: soxr.ResampleStream | None = None
-        if not math.isclose(pitch, 1.0, rel_tol=1e-6):
-            # Reading at rate*pitch and writing at rate shortens by 1/pitch: up-pitch.
-            self._resampler = soxr.ResampleStream(
-                sample_rate * pitch, sample_rate, 1, dtype="float32", quality="HQ"
-            )
 
     @property
     def is_identity(self) -> bool:
         """True when the stage leaves audio untouched."""
-        return not self._stretches and self._resampler is None
+        return not self._stretches and self._shifter is None
 
     def process(self, audio: np.ndarray, last: bool = False) -> np.ndarray:
         """Feed a piece of the utterance; ``last=True`` flushes what is held back."""
         audio = np.asarray(audio, dtype=np.float32)
+        if self._shifter is not None:
+            audio = self._shifter.process(audio, last)
         for stretch in self._stretches:
             audio = stretch.process(audio, last)
-        if self._resampler is not None:
-            audio = self._resampler.resample_chunk(np.ascontiguousarray(audio), last=last)
         return audio
 
 

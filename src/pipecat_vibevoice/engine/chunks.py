@@ -22,6 +22,7 @@ from loguru import logger
 from .audio import AudioPipeline
 from .backends.base import AudioPiece, SpeechBackend
 from .config import TTSConfig
+from .controls import split_speed
 from .word_timing import word_at
 
 
@@ -157,7 +158,8 @@ def map_span(
 class ChunkAssembler:
     """One utterance's backend pieces in, :class:`SpeechChunk` s out.
 
-    Speed (unless the backend applies it natively), pitch, resampling to the output
+    Speed (what the backend does not apply natively, :func:`.controls.split_speed`),
+    pitch, resampling to the output
     rate and the cut into ``chunk_ms`` chunks, with each chunk's time and text. With
     streaming off, the whole utterance comes out as one chunk at :meth:`finish`.
     ``text()`` returns the request text so far (spans index it).
@@ -171,7 +173,7 @@ class ChunkAssembler:
         pitch: float,
         text: Callable[[], str],
     ) -> None:
-        stretch = 1.0 if backend.native_speed else speed
+        _, stretch = split_speed(speed, backend.native_speed)
         self._pipeline = AudioPipeline(
             in_rate=backend.sample_rate,
             out_rate=config.sample_rate,

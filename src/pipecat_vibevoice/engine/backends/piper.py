@@ -18,10 +18,12 @@ keep a variant of the front half that also outputs those counts
 (:func:`.piper_graph.ensure_timed_frontend`). A word starts at the sum of the durations before its
 first sound (:mod:`..word_timing`), exact to a frame (11.6 ms).
 
-Speed is native: it scales the duration predictor (``length_scale``, through the
-measured curve :func:`length_scale_for`), so phonemes last longer or shorter before the
-vocoder instead of the samples being stretched afterwards; the durations, and so the
-word times, are those of the spoken speed. The pause between sentences scales too.
+Speed is native up to 1.25x (:func:`..controls.split_speed`): it scales the duration
+predictor (``length_scale``, through the measured curve :func:`length_scale_for`), so
+phonemes last longer or shorter before the vocoder instead of the samples being
+stretched afterwards; the durations, and so the word times, are those of the spoken
+speed. The pause between sentences scales too. Faster than 1.25x the predictor's
+speech loses quality (DNSMOS), so the engine's WSOLA stretch does the rest.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from typing import Any
 import numpy as np
 from loguru import logger
 
+from ..controls import split_speed
 from ..memory import pin_mmap_threshold
 from ..word_timing import PhonemeClasses, PhonemePlace, place_words, start_frame, text_words
 from .base import AudioPiece, BackendUnavailable, SpeechBackend, SynthesisRequest
@@ -133,7 +136,8 @@ class PiperBackend(SpeechBackend):
 
     name = "piper"
     # Speed goes to the duration predictor (``length_scale``, calibrated by
-    # :func:`length_scale_for`): durations change before the vocoder, so no DSP stretch.
+    # :func:`length_scale_for`) up to ``controls.NATIVE_SPEED_MAX``: durations change
+    # before the vocoder; only the speed beyond that is a DSP stretch.
     native_speed = True
 
     def __init__(
@@ -334,7 +338,7 @@ class PiperBackend(SpeechBackend):
         scales = self._scales.copy()
         # One request is one segment of whole sentences at one speed; a later request
         # (the next sentence of a growing text) may have another.
-        speed = request.speed if self.native_speed else 1.0
+        speed, _ = split_speed(request.speed, self.native_speed)
         scales[1] = scales[1] * length_scale_for(speed)
         seed = request.options.get("seed")
         pause = np.zeros(int(SENTENCE_PAUSE_S / speed * self.sample_rate), np.float32)
