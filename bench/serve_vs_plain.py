@@ -40,7 +40,7 @@ from serving_concurrency import Stats, free_port, pct, run_level, start_server, 
 FIRST_CHUNK_P95_GOAL_MS = 300.0
 
 
-def start_serve(replicas: int, max_active: int) -> str:
+def start_serve(replicas: int, max_active: int, workers: int) -> str:
     """Ray + Serve + the pool on this machine; returns its websocket URL."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
@@ -60,7 +60,7 @@ def start_serve(replicas: int, max_active: int) -> str:
                 "cache_max_bytes": 0,
                 "max_active_syntheses": max_active,
                 "rate_limit_per_s": 0,
-                "engine_workers": max(1, cores // replicas),
+                "engine_workers": workers or max(1, cores // replicas),
             },
         },
         num_replicas=replicas,
@@ -112,7 +112,9 @@ async def compare(args: argparse.Namespace) -> None:
     plain_url = f"ws://127.0.0.1:{port}/v1/tts/stream"
     plain = start_server(port, args.max_active, 1)
     try:
-        serve_url = await asyncio.to_thread(start_serve, args.replicas, args.max_active)
+        serve_url = await asyncio.to_thread(
+            start_serve, args.replicas, args.max_active, args.engine_workers
+        )
         await wait_ready(plain_url)
         await wait_ready(serve_url)
         for url, clients in ((plain_url, 1), (serve_url, args.replicas)):
@@ -123,6 +125,7 @@ async def compare(args: argparse.Namespace) -> None:
             f"serve vs plain, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, "
             f"load {os.getloadavg()[0]:.2f}; {clients} clients x {args.sentences} sentences "
             f"paced by playback, {args.rounds} interleaved rounds, Serve: {args.replicas} replicas"
+            f" x {args.engine_workers or max(1, (os.cpu_count() or 2) // args.replicas)} workers"
         )
         print(HEADER)
         print("-" * len(HEADER))
@@ -177,6 +180,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds per side")
     parser.add_argument("--replicas", type=int, default=2, help="Serve replicas (or the pool's)")
     parser.add_argument("--max-active", type=int, default=16, help="synthesis slots per server")
+    parser.add_argument(
+        "--engine-workers",
+        type=int,
+        default=0,
+        help="model calls at once per replica (0 = cores / replicas, as many as the plain server)",
+    )
     parser.add_argument("--url", default=None, help="step up the clients on this running pool")
     args = parser.parse_args()
     if args.url is None and len(args.clients) != 1:
