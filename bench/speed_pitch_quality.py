@@ -16,20 +16,30 @@ pitch rows: ``psola`` (Praat's PSOLA through ``praat-parselmouth``) or ``world``
 (``pyworld``: F0 scaled, spectral envelope kept), each applied to the engine's audio
 at pitch 1, whole sentence at once, an upper bound of what it can do streaming.
 
+``--first-chunk`` measures instead the time to the first chunk (engine call to first
+chunk, warm, 24 kHz, a 25-word sentence as in ``bench/engine_latency.py``) at default
+settings and at non-default speed and pitch, each engine in its own process, rounds
+interleaved; with ``--ref-src DIR`` (the ``src`` of a git worktree of an older commit)
+the default setting runs on that code too, in the same rounds: the same-run A/B.
+
 Prints a table, the run time and the machine load; writes a plot
 (``docs/speed_pitch_quality.png`` by default). Goals (the issue): OVRL >= plain - 0.1 at
 speed 0.75 and 1.5 and pitch 0.8 and 1.25 (0.75/1.25 on this grid), >= 3.0 everywhere;
 WER <= 0.10 within 0.75-1.5. Reported, never asserted.
 
     .venv/bin/python bench/speed_pitch_quality.py [--pitch-method engine|psola|world]
+    .venv/bin/python bench/speed_pitch_quality.py --first-chunk [--ref-src /tmp/old/src]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -159,6 +169,79 @@ def plot(rows: list[tuple[str, float, float, float]], plain: float, path: Path) 
     fig.savefig(path, dpi=110)
 
 
+FIRST_CHUNK_TEXT = (
+    "The weather update for this afternoon says that light rain will move in "
+    "from the west, so please remember to bring an umbrella along today."
+)
+FIRST_CHUNK_SETTINGS = [(1.0, 1.0), (1.0, 0.8), (1.0, 1.25), (1.0, 2.0), (1.5, 1.0), (2.0, 1.0)]
+
+
+async def first_chunk_worker() -> None:
+    """Answer ``speed pitch`` lines with the warm first-chunk time in ms (one engine)."""
+    from pipecat_vibevoice.engine import TTSConfig, TTSEngine
+
+    engine = TTSEngine(TTSConfig(engine="piper"))
+    await engine.initialize()
+    print("ready", flush=True)
+    for line in sys.stdin:
+        speed, pitch = (float(v) for v in line.split())
+        started = time.perf_counter()
+        async for _ in engine.stream_chunks(FIRST_CHUNK_TEXT, speed=speed, pitch=pitch):
+            print(f"{(time.perf_counter() - started) * 1000:.2f}", flush=True)
+            break
+    await engine.cleanup()
+
+
+def first_chunk(runs: int, ref_src: Path | None) -> None:
+    """Interleaved rounds over every (tree, setting); p50/p95 per row."""
+    trees = {"this tree": ROOT / "src"}
+    if ref_src is not None:
+        trees["reference"] = ref_src.resolve()
+    procs = {}
+    for name, src in trees.items():
+        env = {**os.environ, "PYTHONPATH": str(src), "LOGURU_LEVEL": "WARNING"}
+        procs[name] = subprocess.Popen(
+            [sys.executable, __file__, "--first-chunk-worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        while procs[name].stdout.readline().strip() != "ready":
+            pass
+    rows = [("this tree", s) for s in FIRST_CHUNK_SETTINGS]
+    if ref_src is not None:
+        rows.insert(1, ("reference", (1.0, 1.0)))
+    times: dict[tuple, list[float]] = {row: [] for row in rows}
+    started, load0 = time.perf_counter(), os.getloadavg()
+    for i in range(runs + 2):
+        order = rows[i % len(rows) :] + rows[: i % len(rows)]  # rotate the order each round
+        for tree, (speed, pitch) in order:
+            proc = procs[tree]
+            proc.stdin.write(f"{speed} {pitch}\n")
+            proc.stdin.flush()
+            ms = float(proc.stdout.readline())
+            if i >= 2:  # two warm-up rounds
+                times[(tree, (speed, pitch))].append(ms)
+    for proc in procs.values():
+        proc.stdin.close()
+        proc.wait()
+    load1 = os.getloadavg()
+    print("| code | speed | pitch | first chunk p50 (ms) | p95 (ms) |")
+    print("|---|---|---|---|---|")
+    for (tree, (speed, pitch)), ms in times.items():
+        p50, p95 = np.percentile(ms, [50, 95])
+        print(f"| {tree} | {speed:g} | {pitch:g} | {p50:.1f} | {p95:.1f} |")
+    print(
+        f"\n{runs} runs each, interleaved; {time.perf_counter() - started:.0f} s; load average "
+        f"(1 min) {load0[0]:.2f} at start, {load1[0]:.2f} at end; "
+        f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC"
+    )
+    print(
+        json.dumps({f"{t} {s[0]:g}/{s[1]:g}": float(np.median(v)) for (t, s), v in times.items()})
+    )
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pitch-method", default="engine", choices=["engine", "psola", "world"])
@@ -166,7 +249,17 @@ async def main() -> None:
     parser.add_argument("--kinds", default="speed,pitch", help="rows to score (comma list)")
     parser.add_argument("--grid", help="factors to score (comma list; default 0.5-2.0 by 0.25)")
     parser.add_argument("--sentences", type=int, default=len(SENTENCES), help="first N only")
+    parser.add_argument("--first-chunk", action="store_true", help="first-chunk times instead")
+    parser.add_argument("--ref-src", type=Path, help="with --first-chunk: older code's src/")
+    parser.add_argument("--runs", type=int, default=20, help="with --first-chunk: runs per row")
+    parser.add_argument("--first-chunk-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.first_chunk_worker:
+        await first_chunk_worker()
+        return
+    if args.first_chunk:
+        first_chunk(args.runs, args.ref_src)
+        return
     grid = [float(v) for v in args.grid.split(",")] if args.grid else GRID
     del SENTENCES[args.sentences :]
 
