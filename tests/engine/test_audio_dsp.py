@@ -1,4 +1,4 @@
-"""Streaming DSP stages: exact chunking, seamless resampling, speed and pitch on tones."""
+"""Streaming DSP stages: exact chunking, seamless resampling, speed and pitch on tones and vowels."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pipecat_vibevoice.engine.audio import (
     SpeedPitchStage,
     StreamResampler,
 )
+from pipecat_vibevoice.engine.pitch import PitchShifter
 
 SR = 22050
 
@@ -84,3 +85,64 @@ def test_audio_pipeline_chunk_sizes() -> None:
     assert all(len(c) == 3840 for c in chunks[:-1])
     assert 0 < len(chunks[-1]) <= 3840
     assert abs(sum(len(c) for c in chunks) // 2 - 24000) <= 2
+
+
+FORMANTS = (700.0, 1200.0, 2500.0)
+FORMANT_BANDS = ((500.0, 950.0), (950.0, 1800.0), (1900.0, 3200.0))
+
+
+def vowel(f0: float, seconds: float, formants=FORMANTS, sr: int = SR) -> np.ndarray:
+    """A glottal pulse train at ``f0`` through three resonators: a steady synthetic vowel."""
+    from scipy.signal import lfilter
+
+    n = int(seconds * sr)
+    pulses = np.zeros(n)
+    pulses[(np.arange(0, seconds, 1 / f0) * sr).astype(int)] = 1.0
+    out = pulses
+    for freq in formants:
+        r = np.exp(-np.pi * 80 / sr)  # 80 Hz bandwidth
+        out = lfilter([1 - r], [1, -2 * r * np.cos(2 * np.pi * freq / sr), r * r], out)
+    return (0.5 * out / np.max(np.abs(out))).astype(np.float32)
+
+
+def envelope_peak(audio: np.ndarray, lo: float, hi: float, sr: int = SR) -> float:
+    """Frequency of the strongest spectral-envelope peak in [lo, hi] Hz (cepstral smoothing)."""
+    spectrum = np.abs(np.fft.rfft(audio * np.hanning(audio.size))) + 1e-9
+    cepstrum = np.fft.irfft(np.log(spectrum))
+    keep = int(sr / 400)  # drop quefrencies of any period (F0 up to 400 Hz)
+    cepstrum[keep:-keep] = 0
+    smooth = np.fft.rfft(cepstrum).real
+    freqs = np.fft.rfftfreq(audio.size, 1 / sr)
+    band = (freqs >= lo) & (freqs <= hi)
+    return float(freqs[band][np.argmax(smooth[band])])
+
+
+@pytest.mark.parametrize("pitch", [0.5, 0.8, 1.25, 2.0])
+def test_pitch_moves_f0_but_keeps_formants_and_length(pitch: float) -> None:
+    """PSOLA: the pulse rate changes, each pulse's shape (the formants) does not.
+
+    Resampling (what shipped before) moves every formant by the factor; here each must
+    stay within 8 % (the smoothed envelope's resolution at F0 = 60-240 Hz).
+    """
+    audio = vowel(120.0, 1.5)
+    out = run_in_pieces(SpeedPitchStage(SR, pitch=pitch), audio, 1000)
+    assert out.size == audio.size
+    assert median_f0(out, SR, fmin=50) == pytest.approx(120.0 * pitch, rel=0.05)
+    middle = slice(SR // 4, SR + SR // 4)
+    for (lo, hi), formant in zip(FORMANT_BANDS, FORMANTS, strict=True):
+        assert envelope_peak(out[middle], lo, hi) == pytest.approx(formant, rel=0.08)
+
+
+def test_pitch_shifter_output_does_not_depend_on_piece_sizes() -> None:
+    """Every position is global, so any cut of the input gives the same samples."""
+    audio = vowel(110.0, 1.0)
+    one = run_in_pieces(PitchShifter(SR, 0.8), audio, audio.size)
+    for piece in (64, 700, 4410):
+        assert np.array_equal(run_in_pieces(PitchShifter(SR, 0.8), audio, piece), one)
+
+
+def test_pitch_shifter_at_factor_one_reconstructs_the_input() -> None:
+    """Complementary half-windows at unchanged marks sum to one: the identity, to rounding."""
+    audio = vowel(130.0, 1.0)
+    out = run_in_pieces(PitchShifter(SR, 1.0), audio, 1000)
+    assert np.max(np.abs(out - audio)) < 1e-6
