@@ -1,4 +1,4 @@
-"""Piper's native speed: the duration predictor's ``length_scale``, calibrated to be exact."""
+"""Piper's speed: the duration predictor's ``length_scale`` (calibrated) up to 1.25x, WSOLA beyond."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pipecat_vibevoice.engine.backends.piper import (
     PiperBackend,
     length_scale_for,
 )
+from pipecat_vibevoice.engine.controls import NATIVE_SPEED_MAX, SPEED, split_speed
 
 TEXT = (
     "Thanks for calling the harbor office. The ferry leaves at half past nine, "
@@ -26,6 +27,15 @@ async def speak(engine: TTSEngine, **kwargs):
 
 def test_piper_applies_speed_natively() -> None:
     assert PiperBackend.native_speed is True
+
+
+@pytest.mark.parametrize("speed", [0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0])
+def test_speed_is_split_between_model_and_stretch(speed: float) -> None:
+    model, stretch = split_speed(speed, native=True)
+    assert model * stretch == pytest.approx(speed)
+    assert model == min(speed, NATIVE_SPEED_MAX)  # slower speeds all native
+    assert split_speed(speed, native=False) == (1.0, speed)
+    assert SPEED.low <= model <= SPEED.high
 
 
 def test_calibration_inverts_the_measured_curve() -> None:
