@@ -51,7 +51,7 @@ from ray import serve
 from ray.serve import Application
 
 from ..engine import TTSConfig
-from ..serving.app import create_app
+from ..serving.app import TTSServerSettings, create_app
 from ..serving.settings import ServingSettings
 
 #: How long one ``serve.status()`` answer is reused by ``/health`` (a probe flood must
@@ -88,7 +88,8 @@ class TTSPool:
         Args:
             tts: ``TTSConfig`` fields over ``PIPECAT_VIBEVOICE_*`` (e.g. ``engine``).
             serving: ``ServingSettings`` fields over ``PIPECAT_VIBEVOICE_SERVING_*``.
-            allowed_origins: Browser origins allowed beyond the server's own.
+            allowed_origins: Browser origins allowed beyond the server's own (empty:
+                ``PIPECAT_VIBEVOICE_SERVING_ALLOWED_ORIGINS``, as on the plain server).
 
         """
         context = serve.get_replica_context()
@@ -97,7 +98,7 @@ class TTSPool:
         self.deployment: str = context.deployment
         self.tts_config = TTSConfig.from_env(**dict(tts or {}))
         self.serving = ServingSettings.from_env(**{"replica": self.replica, **dict(serving or {})})
-        self.allowed_origins = allowed_origins
+        self.allowed_origins = allowed_origins or TTSServerSettings.from_env().allowed_origins
         self._app: FastAPI | None = None
         self._pool_view: tuple[float, dict[str, Any]] | None = None
         _log(
@@ -191,13 +192,14 @@ def _name(value: Any) -> str:
     return str(getattr(value, "value", value))
 
 
-def build_app(args: dict[str, Any] | None = None) -> Application:
+def build_app(args: dict[str, Any] | None = None, **options: Any) -> Application:
     """The Serve application (``import_path`` of deploy/ray/serve.yaml).
 
     ``args`` (the YAML's ``args``, or ``key=value`` after ``serve run module:build_app``):
     ``tts`` and ``serving`` (dicts of ``TTSConfig`` / ``ServingSettings`` fields over
     the replicas' environment) and ``allowed_origins``. Replica count, resources and
-    autoscaling come from the YAML's ``deployments`` section (or ``TTSPool.options``).
+    autoscaling come from the YAML's ``deployments`` section; from Python, pass them as
+    ``options`` (``TTSPool.options``: ``num_replicas``, ``ray_actor_options``, …).
     """
     args = dict(args or {})
     unknown = set(args) - {"tts", "serving", "allowed_origins"}
@@ -208,7 +210,8 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     # Fail here, in the driver, on a bad field, not once per replica.
     TTSConfig.from_env(**dict(args.get("tts") or {}))
     ServingSettings.from_env(**dict(args.get("serving") or {}))
-    return TTSPool.bind(
+    deployment = TTSPool.options(**options) if options else TTSPool
+    return deployment.bind(
         tts=args.get("tts"),
         serving=args.get("serving"),
         allowed_origins=str(args.get("allowed_origins") or ""),
