@@ -131,6 +131,8 @@ def start_pool(tmp: Path) -> RayPool:
     ray.init(
         num_cpus=2,
         include_dashboard=False,
+        # Audio never goes through the object store; a small one fits any CI /dev/shm.
+        object_store_memory=100 * 1024 * 1024,
         log_to_driver=False,
         configure_logging=False,
         namespace="pvv-tests",
