@@ -12,7 +12,8 @@ against plain Piper (``PiperVoice.synthesize`` at its default settings, resample
   lower case, punctuation dropped), over all sentences together.
 
 ``--pitch-method`` scores a candidate pitch method instead of the engine's own for the
-pitch rows: ``psola`` (Praat's PSOLA through ``praat-parselmouth``) or ``world``
+pitch rows: ``psola`` (Praat's PSOLA through ``praat-parselmouth``; it leaves the pitch
+unchanged where the new F0 falls below the 60 Hz floor, as at 0.5 on this voice) or ``world``
 (``pyworld``: F0 scaled, spectral envelope kept), each applied to the engine's audio
 at pitch 1, whole sentence at once, an upper bound of what it can do streaming.
 
