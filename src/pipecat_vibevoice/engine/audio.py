@@ -95,10 +95,10 @@ class _WsolaStretch:
 class SpeedPitchStage:
     """Change speed and pitch independently on a stream.
 
-    Pitch first, on the model's own audio: :class:`~.pitch.PitchShifter` repeats the
-    glottal pulses faster or slower and keeps each pulse's shape, so the formants and
-    the duration stay as they are. Then speed, where the model has no native control: a
-    streaming WSOLA time-scale modification (``audiotsm``), which keeps the pitch.
+    Speed first, where the model has no native control: a streaming WSOLA time-scale
+    modification (``audiotsm``), which keeps the pitch. Then pitch:
+    :class:`~.pitch.PitchShifter` repeats the glottal pulses faster or slower and keeps
+    each pulse's shape, so the formants and the duration stay as they are.
 
     Measured before (``bench/speed_pitch_quality.py``): pitch as WSOLA then resampling,
     which moves every formant with the pitch (DNSMOS OVRL 2.57 at 0.75, 1.63 at 0.5);
@@ -107,7 +107,10 @@ class SpeedPitchStage:
     WSOLA's frame is short (23 ms) for a gentle stretch and long (46 ms) beyond
     :attr:`GENTLE_TEMPO`: on Piper at speed 1.5 (native 1.25, stretch 1.2) the short
     frame keeps consonants (Whisper WER 0.072 vs 0.130, OVRL 3.15 vs 3.19), at 1.75-2.0
-    the long one keeps the voice (OVRL 3.08 vs 2.97, 2.94 vs 2.76). WSOLA loses
+    the long one keeps the voice (OVRL 3.08 vs 2.97, 2.94 vs 2.76). With a pitch
+    change the frame is always long: frames of under two periods splice mid-period, and
+    the shifter then finds no steady period (speed 1.5 with pitch 0.8 lowered F0 by 9 %
+    with short frames, by 23 % with long ones). WSOLA loses
     material beyond a 2x tempo change, so larger factors are split over two cascaded
     stages.
     """
@@ -129,7 +132,8 @@ class SpeedPitchStage:
             stages = 1 if 1 / self.MAX_TEMPO_PER_STAGE <= speed <= self.MAX_TEMPO_PER_STAGE else 2
             per_stage = speed ** (1 / stages)
             gentle = 1 / self.GENTLE_TEMPO <= per_stage <= self.GENTLE_TEMPO
-            frame = self.SHORT_FRAME_LENGTH_S if gentle else self.FRAME_LENGTH_S
+            short = gentle and self._shifter is None
+            frame = self.SHORT_FRAME_LENGTH_S if short else self.FRAME_LENGTH_S
             self._stretches = [_WsolaStretch(sample_rate, per_stage, frame) for _ in range(stages)]
 
     @property
@@ -140,10 +144,10 @@ class SpeedPitchStage:
     def process(self, audio: np.ndarray, last: bool = False) -> np.ndarray:
         """Feed a piece of the utterance; ``last=True`` flushes what is held back."""
         audio = np.asarray(audio, dtype=np.float32)
-        if self._shifter is not None:
-            audio = self._shifter.process(audio, last)
         for stretch in self._stretches:
             audio = stretch.process(audio, last)
+        if self._shifter is not None:
+            audio = self._shifter.process(audio, last)
         return audio
 
 
