@@ -92,16 +92,20 @@ FORMANT_BANDS = ((500.0, 950.0), (950.0, 1800.0), (1900.0, 3200.0))
 
 
 def vowel(f0: float, seconds: float, formants=FORMANTS, sr: int = SR) -> np.ndarray:
-    """A glottal pulse train at ``f0`` through three resonators: a steady synthetic vowel."""
-    from scipy.signal import lfilter
+    """A steady synthetic vowel: the harmonics of ``f0`` shaped by three resonances.
 
-    n = int(seconds * sr)
-    pulses = np.zeros(n)
-    pulses[(np.arange(0, seconds, 1 / f0) * sr).astype(int)] = 1.0
-    out = pulses
+    Each harmonic gets the magnitude of three two-pole resonators (80 Hz bandwidth) at
+    its frequency, as a glottal pulse train through a vocal tract would.
+    """
+    t = np.arange(int(seconds * sr)) / sr
+    harmonics = np.arange(f0, sr / 2, f0)
+    r = np.exp(-np.pi * 80 / sr)
+    gain = np.ones_like(harmonics)
     for freq in formants:
-        r = np.exp(-np.pi * 80 / sr)  # 80 Hz bandwidth
-        out = lfilter([1 - r], [1, -2 * r * np.cos(2 * np.pi * freq / sr), r * r], out)
+        z = np.exp(-1j * 2 * np.pi * harmonics / sr)
+        pole = r * np.exp(1j * 2 * np.pi * freq / sr)
+        gain *= np.abs(1 / ((1 - pole * z) * (1 - np.conj(pole) * z)))
+    out = (gain[:, None] * np.sin(2 * np.pi * harmonics[:, None] * t)).sum(axis=0)
     return (0.5 * out / np.max(np.abs(out))).astype(np.float32)
 
 
