@@ -41,14 +41,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
+    from pipecat_vibevoice.serving.app import UVICORN_SOCKET_OPTIONS
+
     app = create_app(settings)
     uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level="warning",
-        ws_ping_interval=20,
-        ws_ping_timeout=20,
+        app, host=settings.host, port=settings.port, log_level="warning", **UVICORN_SOCKET_OPTIONS
     )
     return 0
 

@@ -81,12 +81,6 @@ class TTSEngine:
         self, config: TTSConfig | None = None, backend_factory: BackendFactory | None = None
     ) -> None:
         self.config = config or TTSConfig.from_env()
-        if backend_factory is None and self.config.engine == "vibevoice-1.5b":
-            # Asked for by name only (never a fallback), so it needs no place in the
-            # loader's candidate list.
-            from .backends.vibevoice_1p5b import make_backend
-
-            backend_factory = make_backend
         self._backend_factory = backend_factory
         self._backend: SpeechBackend | None = None
         self._workers: ModelWorkers | None = None

@@ -43,12 +43,26 @@ def make_vibevoice(config: TTSConfig) -> SpeechBackend:
     return VibeVoiceBackend(config)
 
 
+def make_vibevoice_1p5b(config: TTSConfig) -> SpeechBackend:
+    """VibeVoice-1.5B (voices from reference audio); raises :class:`BackendUnavailable`."""
+    try:
+        from .backends.vibevoice_1p5b import make_backend
+    except ImportError as exc:
+        raise BackendUnavailable(f"VibeVoice-1.5B needs the 'vibevoice' extra: {exc}") from exc
+    return make_backend(config)
+
+
 def candidates(config: TTSConfig) -> list[tuple[str, BackendFactory]]:
-    """Backends to try, in order: ``auto`` tries VibeVoice, then the bundled voice."""
+    """Backends to try, in order: ``auto`` tries VibeVoice, then the bundled voice.
+
+    VibeVoice-1.5B is loaded only when asked for by name, never as a fallback.
+    """
     if config.engine == "piper":
         return [("piper", make_piper)]
     if config.engine == "vibevoice":
         return [("vibevoice", make_vibevoice)]
+    if config.engine == "vibevoice-1.5b":
+        return [("vibevoice-1.5b", make_vibevoice_1p5b)]
     return [("vibevoice", make_vibevoice), ("piper", make_piper)]
 
 

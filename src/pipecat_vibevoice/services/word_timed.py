@@ -79,7 +79,7 @@ class ContextClock:
 
 #: Default of ``render_ahead_secs``: enough for any model call under load (a Piper or
 #: VibeVoice chunk takes tens of milliseconds), small next to a typical reply.
-RENDER_AHEAD_SECS = 1.5
+RENDER_AHEAD_SECS = 1.0
 
 
 class WordTimedTTSService(TTSService):

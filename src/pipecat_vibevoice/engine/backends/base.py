@@ -68,6 +68,9 @@ class SpeechBackend(ABC):
 
     #: Short engine name, shown in health checks and logs.
     name: str = "backend"
+    #: Diffusion controls (``cfg_scale``, ``inference_steps``) this backend reads from
+    #: a request's options; callers send them only to backends that list them.
+    diffusion_controls: tuple[str, ...] = ()
     #: Native output rate in Hz.
     sample_rate: int = 24000
     #: True when ``speed`` is applied by the model itself (no DSP time-stretch needed):

@@ -20,6 +20,7 @@ from loguru import logger
 
 from ...models.vibevoice_realtime.checkpoint import CheckpointNotFoundError, resolve_model_dir
 from ..config import TTSConfig
+from ..controls import VIBEVOICE_CONTROLS
 from ..word_timing import WindowWords
 from .base import AudioPiece, BackendUnavailable, SpeechBackend, SynthesisRequest
 
@@ -79,6 +80,7 @@ class VibeVoiceBackend(SpeechBackend):
     """Streaming VibeVoice-Realtime-0.5B on our own loop (see :mod:`.generation`)."""
 
     name = "vibevoice"
+    diffusion_controls = VIBEVOICE_CONTROLS
     sample_rate = 24000
     native_speed = False
     supports_text_stream = True

@@ -30,6 +30,7 @@ import numpy as np
 from loguru import logger
 
 from ..config import TTSConfig
+from ..controls import VIBEVOICE_CONTROLS
 from ..errors import UnknownVoiceError, VoiceError
 from ..voices import VoiceDirectory, prepare_clip
 from ..word_timing import word_starts
@@ -61,6 +62,7 @@ class VibeVoice15BBackend(SpeechBackend):
     """VibeVoice-1.5B on transformers' ``VibeVoiceForConditionalGeneration``, voices from clips."""
 
     name = "vibevoice-1.5b"
+    diffusion_controls = VIBEVOICE_CONTROLS
     sample_rate = 24000
     native_speed = False
     supports_text_stream = False

@@ -156,7 +156,7 @@ class VibeVoiceTTSService(WordTimedTTSService):
                 for reproducible speech on either engine; VibeVoice: ``solver``);
                 unknown keys are ignored by backends that do not read them.
             **kwargs: Passed to :class:`~..word_timed.WordTimedTTSService`
-                (``render_ahead_secs``: most audio rendered ahead of playback, 1.5 s)
+                (``render_ahead_secs``: most audio rendered ahead of playback, 1.0 s)
                 and :class:`TTSService`.
 
         """
@@ -334,12 +334,13 @@ class VibeVoiceTTSService(WordTimedTTSService):
             return changed
         unhandled = {k for k in changed if k in ("model", "language")}
         if self._engine is not None and self._engine.is_initialized:
-            if self._engine.backend.name != "vibevoice":
+            backend = self._engine.backend
+            if not backend.diffusion_controls:
                 ignored = {k for k in changed if k in VIBEVOICE_CONTROLS}
                 if ignored:
                     logger.warning(
                         f"{self}: {', '.join(sorted(ignored))} only affect VibeVoice, "
-                        f"not {self._engine.backend.name}"
+                        f"not {backend.name}"
                     )
             if "voice" in changed and self._warmup_enabled:
                 await self._warm_up(self._engine, self._settings.voice)
@@ -358,8 +359,8 @@ class VibeVoiceTTSService(WordTimedTTSService):
     def _engine_options(self, engine: TTSEngine) -> dict[str, Any]:
         """Backend options from the settings, for the backends that read them."""
         options = dict(self._extra_options)
-        if engine.backend.name == "vibevoice":
-            options.update({name: getattr(self._settings, name) for name in VIBEVOICE_CONTROLS})
+        for name in engine.backend.diffusion_controls:
+            options[name] = getattr(self._settings, name)
         return options
 
     def _request_kwargs(self, engine: TTSEngine) -> dict[str, Any]:
