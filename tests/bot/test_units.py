@@ -226,3 +226,38 @@ async def test_recognizer_threads_can_run_at_a_lower_priority():
         await run_in_lowered_thread(1, lambda: 1 / 0, name="t")
     with pytest.raises(BotConfigError, match="stt_nice"):
         BotConfig(stt_nice=25)
+
+
+def test_the_playout_lead_grows_with_lateness_and_fades_back():
+    from pipecat_vibevoice.bot.transport import (
+        BASE_LEAD_S,
+        LATENESS_HALF_LIFE_S,
+        MAX_LEAD_S,
+        PlayoutLead,
+    )
+
+    lead = PlayoutLead()
+    chunk = 0.04
+    now = 100.0
+    # On time: the client is kept BASE_LEAD_S ahead (the first chunks go out at once).
+    waits = []
+    for _ in range(10):
+        wait = lead.sent(chunk, now)
+        waits.append(wait)
+        now += wait
+    assert waits[0] == 0.0
+    assert lead.ends_at - now == pytest.approx(BASE_LEAD_S, abs=chunk)
+    # A write 120 ms after the client ran dry: the lead grows, within its cap.
+    now = lead.ends_at + 0.12
+    lead.sent(chunk, now)
+    assert lead.target(now) == pytest.approx(min(MAX_LEAD_S, BASE_LEAD_S + 0.24))
+    # ...and fades back as writes stay on time.
+    later = now + 4 * LATENESS_HALF_LIFE_S
+    assert lead.target(later) < BASE_LEAD_S + 0.24 / 8
+    # A pause between replies is not lateness; an interruption forgets the playout.
+    quiet = PlayoutLead()
+    quiet.sent(chunk, 0.0)
+    quiet.sent(chunk, 5.0)
+    assert quiet.target(5.0) == BASE_LEAD_S
+    quiet.reset()
+    assert quiet.sent(chunk, 5.01) == 0.0

@@ -15,6 +15,14 @@ deliver the chunk being written. Any client then falls silent within the one or 
 chunks it has buffered. A hold never outlasts :data:`MAX_HOLD_S`, so a lost release
 cannot silence the bot for good.
 
+Pipecat's own pacing keeps the client one chunk ahead and, when a write comes late,
+restarts its clock from then: every event-loop hiccup longer than a chunk is a gap the
+listener hears. The output here paces against the client's playout instead
+(:class:`PlayoutLead`): it keeps the client ahead by a lead that starts at two chunks
+and grows with the lateness it has seen lately (up to :data:`MAX_LEAD_S`), like a
+jitter buffer. A busy server so trades a little barge-in time (a plain client plays its
+lead) for no gaps; an idle one keeps the short lead.
+
 The bot's word-timed text (``TTSTextFrame`` s with a presentation time, released by the
 output's clock so that the assistant context records only what was heard) is held with
 the audio: words due during a hold reach the context only if the hold is released, never
@@ -41,6 +49,53 @@ from ..pipeline.frames import PlaybackControlFrame
 
 #: The longest a hold lasts without a release, a drop or an interruption.
 MAX_HOLD_S = 2.0
+#: The client's playout lead: at least this much audio ahead of its playback...
+BASE_LEAD_S = 0.08
+#: ...growing with recent lateness up to this (a plain client's barge-in pays it).
+MAX_LEAD_S = 0.16
+#: How fast the memory of a late write fades (seconds for the excess lead to halve).
+LATENESS_HALF_LIFE_S = 10.0
+#: A client dry for longer than this was waiting for the bot to speak, not for us.
+MAX_LATE_GAP_S = 0.5
+
+
+class PlayoutLead:
+    """Where the client's playout stands, and how far ahead of it to send.
+
+    ``ends_at`` is when the audio sent so far finishes playing at the client, assuming
+    it plays chunks back to back from their arrival. The lead is :data:`BASE_LEAD_S`
+    plus twice the worst lateness seen recently (a write that found the client already
+    dry, or a timer that woke late), decaying with :data:`LATENESS_HALF_LIFE_S`, capped
+    at :data:`MAX_LEAD_S`.
+    """
+
+    def __init__(self) -> None:
+        self.ends_at = 0.0
+        self._late = 0.0
+        self._late_at = 0.0
+
+    def reset(self) -> None:
+        """The client dropped what it had (an interruption)."""
+        self.ends_at = 0.0
+
+    def lateness(self, now: float) -> float:
+        """The recent worst lateness, decayed to ``now``."""
+        return self._late * 0.5 ** ((now - self._late_at) / LATENESS_HALF_LIFE_S)
+
+    def note_late(self, seconds: float, now: float) -> None:
+        if seconds > self.lateness(now):
+            self._late, self._late_at = seconds, now
+
+    def target(self, now: float) -> float:
+        """Seconds of audio the client should hold ahead of its playback."""
+        return min(MAX_LEAD_S, BASE_LEAD_S + 2 * self.lateness(now))
+
+    def sent(self, seconds: float, now: float) -> float:
+        """A chunk of ``seconds`` went out at ``now``; returns how long to wait before the next."""
+        if self.ends_at and 0 < now - self.ends_at < MAX_LATE_GAP_S:
+            self.note_late(now - self.ends_at, now)  # the client ran dry before it
+        self.ends_at = max(self.ends_at, now) + seconds
+        return max(0.0, self.ends_at - now - self.target(now))
 
 
 class HoldingOutputTransport(FastAPIWebsocketOutputTransport):
@@ -54,6 +109,8 @@ class HoldingOutputTransport(FastAPIWebsocketOutputTransport):
         self._generation = 0  # bumped by every interruption and drop
         self._held_words: list[Frame] = []  # word frames that came due during the hold
         self.holds = 0
+        self.playout = PlayoutLead()
+        self._chunk_s = 0.0
 
     # -- the hold -------------------------------------------------------------------------
 
@@ -61,6 +118,7 @@ class HoldingOutputTransport(FastAPIWebsocketOutputTransport):
         """Follow the speech gate's playback control; an interruption ends any hold."""
         if isinstance(frame, InterruptionFrame):
             await self._end_hold(discard=True)
+            self.playout.reset()
         elif isinstance(frame, PlaybackControlFrame):
             if frame.action == "hold":
                 self._hold()
@@ -90,6 +148,7 @@ class HoldingOutputTransport(FastAPIWebsocketOutputTransport):
         interruption = InterruptionFrame()
         await self._handle_frame(interruption)
         await self._write_frame(interruption)
+        self.playout.reset()
 
     def _hold(self) -> None:
         if self._held_since is None:
@@ -121,7 +180,18 @@ class HoldingOutputTransport(FastAPIWebsocketOutputTransport):
                 await self._end_hold(discard=False)
         if generation != self._generation:
             return False  # discarded: neither sent nor passed on
+        channels = max(1, self._params.audio_out_channels)
+        self._chunk_s = len(frame.audio) / (2 * channels * self.sample_rate)
         return await super().write_audio_frame(frame)
+
+    async def _write_audio_sleep(self) -> None:
+        """Pace against the client's playout with an adaptive lead (see :class:`PlayoutLead`)."""
+        now = time.monotonic()
+        wait = self.playout.sent(self._chunk_s, now)
+        if wait > 0:
+            await asyncio.sleep(wait)
+            woke = time.monotonic()
+            self.playout.note_late(woke - now - wait, woke)
 
 
 class VoiceBotTransport(FastAPIWebsocketTransport):
