@@ -12,8 +12,15 @@ receive frames, which costs little next to synthesis.
 Per utterance, measured at the client:
 
 * first-chunk latency: ``speak`` sent -> first audio frame received;
-* underruns: playback starts when the first frame arrives; a frame that arrives after
-  the audio already received would have finished playing is one underrun;
+* underruns: a real-time player (:class:`Player`) starts when the first frame arrives
+  and plays without a pause while it has audio; each time it runs dry for
+  ``--underrun-ms`` or more (default 0: any gap) before the next frame is one underrun,
+  and playback resumes with that frame, as a real player's would. ``silence`` is the
+  dry time summed, ``max dry`` the longest;
+* late frames (the measure before the player model, kept for comparison with older
+  figures): frames arriving after the audio received before them would have finished
+  playing on the schedule of the first frame. One stall makes every frame of the burst
+  that follows it late until the burst has caught up, so it counts a stall several times;
 * busy: items the server refused with ``busy`` (its ``max_active_syntheses``).
 
 Per level, at the server: ``cpu/aud`` is the server's CPU seconds per second of audio
@@ -58,11 +65,51 @@ class Stats:
     first_chunk_ms: list[float] = field(default_factory=list)
     underruns: int = 0
     underrun_utterances: int = 0
+    silence_s: float = 0.0
+    #: The longest time a player ran dry (ms). Named as before the player model, which
+    #: bench/serve_vs_plain.py reads and aggregates.
+    max_late_ms: float = 0.0
+    late_frames: int = 0
     utterances: int = 0
     busy: int = 0
     errors: int = 0
     audio_s: float = 0.0
-    max_late_ms: float = 0.0
+
+
+class Player:
+    """A client playing one utterance in real time, as a person would hear it.
+
+    Playback starts at the first frame and goes on without a pause while audio is in
+    hand. When a frame arrives after everything before it has played, the player was
+    dry for that gap: an underrun when the gap is at least ``threshold_s``, and
+    playback resumes with the new frame (the rest of the utterance plays that much
+    later). ``late_frames`` keeps the older measure against the first frame's schedule.
+    """
+
+    def __init__(self, threshold_s: float) -> None:
+        self.threshold_s = threshold_s
+        self.first: float | None = None
+        self.ends = 0.0  # when the audio in hand finishes playing
+        self.received_s = 0.0
+        self.underruns = 0
+        self.dry_s = 0.0
+        self.max_dry_s = 0.0
+        self.late_frames = 0
+
+    def frame(self, now: float, duration_s: float) -> None:
+        """A frame of ``duration_s`` seconds of audio arrived at ``now``."""
+        if self.first is None:
+            self.first, self.ends = now, now
+        elif now - self.first > self.received_s:
+            self.late_frames += 1
+        gap = now - self.ends
+        if gap > 0 and self.received_s > 0:
+            self.max_dry_s = max(self.max_dry_s, gap)
+            if gap >= self.threshold_s:
+                self.underruns += 1
+                self.dry_s += gap
+        self.ends = max(self.ends, now) + duration_s
+        self.received_s += duration_s
 
 
 def free_port() -> int:
@@ -72,7 +119,13 @@ def free_port() -> int:
 
 
 async def one_client(
-    url: str, n: int, sentences: int, stats: Stats, rate_hint: int, pace: bool
+    url: str,
+    n: int,
+    sentences: int,
+    stats: Stats,
+    rate_hint: int,
+    pace: bool,
+    threshold_s: float = 0.0,
 ) -> None:
     from websockets.asyncio.client import connect
 
@@ -83,22 +136,14 @@ async def one_client(
             text = SENTENCES[(k + n) % len(SENTENCES)]
             sent = time.perf_counter()
             await ws.send(json.dumps({"type": "speak", "id": f"{n}-{k}", "text": text}))
-            first: float | None = None
-            received_s = 0.0
-            underruns = 0
+            player = Player(threshold_s)
             while True:
                 frame = await ws.recv()
                 now = time.perf_counter()
                 if isinstance(frame, bytes):
-                    if first is None:
-                        first = now
+                    if player.first is None:
                         stats.first_chunk_ms.append((now - sent) * 1000)
-                    else:
-                        late = (now - first) - received_s
-                        if late > 0:
-                            underruns += 1
-                            stats.max_late_ms = max(stats.max_late_ms, late * 1000)
-                    received_s += len(frame) / 2 / rate
+                    player.frame(now, len(frame) / 2 / rate)
                     continue
                 message = json.loads(frame)
                 if message["type"] == "done":
@@ -109,21 +154,26 @@ async def one_client(
                     else:
                         stats.errors += 1
                     break
-            if pace and first is not None:
+            if pace and player.first is not None:
                 # A playing client asks for the next sentence when this one ends.
-                await asyncio.sleep(max(0.0, first + received_s - time.perf_counter()))
-            if first is not None:
+                await asyncio.sleep(max(0.0, player.ends - time.perf_counter()))
+            if player.first is not None:
                 stats.utterances += 1
-                stats.audio_s += received_s
-                stats.underruns += underruns
-                stats.underrun_utterances += underruns > 0
+                stats.audio_s += player.received_s
+                stats.underruns += player.underruns
+                stats.underrun_utterances += player.underruns > 0
+                stats.silence_s += player.dry_s
+                stats.max_late_ms = max(stats.max_late_ms, player.max_dry_s * 1000)
+                stats.late_frames += player.late_frames
 
 
-async def run_level(url: str, clients: int, sentences: int, pace: bool) -> tuple[Stats, float]:
+async def run_level(
+    url: str, clients: int, sentences: int, pace: bool, threshold_s: float = 0.0
+) -> tuple[Stats, float]:
     stats = Stats()
     started = time.perf_counter()
     await asyncio.gather(
-        *(one_client(url, n, sentences, stats, 24000, pace) for n in range(clients))
+        *(one_client(url, n, sentences, stats, 24000, pace, threshold_s) for n in range(clients))
     )
     return stats, time.perf_counter() - started
 
@@ -180,6 +230,7 @@ async def main_async(args: argparse.Namespace) -> None:
     if url is None:
         port = free_port()
         extra = [] if args.prebuffer_ms is None else ["--tts-prebuffer-ms", str(args.prebuffer_ms)]
+        extra += args.server_arg
         proc = start_server(port, args.max_active, args.num_threads, extra)
         url = f"ws://127.0.0.1:{port}/v1/tts/stream"
     try:
@@ -190,24 +241,30 @@ async def main_async(args: argparse.Namespace) -> None:
             f"server: CPU voice (piper), cache off, max_active_syntheses={args.max_active}, "
             f"prebuffer_ms={'default' if args.prebuffer_ms is None else args.prebuffer_ms}, "
             f"cores={os.cpu_count()}, load avg before={os.getloadavg()[0]:.2f}, "
-            f"clients {'paced by playback' if args.pace else 'flat out (next speak on done)'}"
+            f"server args={' '.join(args.server_arg) or 'none'}, "
+            f"clients {'paced by playback' if args.pace else 'flat out (next speak on done)'}, "
+            f"underrun = player dry >= {args.underrun_ms:g} ms"
         )
         header = (
             f"{'clients':>7} {'utts':>5} {'ttfc p50':>9} {'ttfc p95':>9} {'ttfc max':>9} "
-            f"{'underruns':>9} {'utts w/ ur':>10} {'max late':>9} {'busy':>5} {'err':>4} "
+            f"{'underruns':>9} {'utts w/ ur':>10} {'silence':>8} {'max dry':>8} "
+            f"{'late frm':>8} {'busy':>5} {'err':>4} "
             f"{'audio/wall':>10} {'cpu/aud':>7} {'cpu/wall':>8}"
         )
         print(header)
         print("-" * len(header))
         for clients in args.clients:
             cpu0 = server_cpu(proc)
-            stats, wall = await run_level(url, clients, args.sentences, args.pace)
+            stats, wall = await run_level(
+                url, clients, args.sentences, args.pace, args.underrun_ms / 1000
+            )
             cpu = server_cpu(proc) - cpu0
             f = stats.first_chunk_ms
             print(
                 f"{clients:>7} {stats.utterances:>5} {pct(f, 50):>7.0f}ms {pct(f, 95):>7.0f}ms "
                 f"{max(f) if f else float('nan'):>7.0f}ms {stats.underruns:>9} "
-                f"{stats.underrun_utterances:>10} {stats.max_late_ms:>7.0f}ms {stats.busy:>5} "
+                f"{stats.underrun_utterances:>10} {stats.silence_s:>7.2f}s "
+                f"{stats.max_late_ms:>6.0f}ms {stats.late_frames:>8} {stats.busy:>5} "
                 f"{stats.errors:>4} {stats.audio_s / wall:>9.1f}x "
                 f"{cpu / max(stats.audio_s, 1e-9):>7.3f} {cpu / wall:>8.2f}",
                 flush=True,
@@ -236,6 +293,18 @@ def main() -> None:
         type=int,
         default=None,
         help="server's start-up buffer (default: the server's default)",
+    )
+    parser.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        help="one more flag for the server it starts (repeat; e.g. --server-arg=--tts-max-lead-s=0)",
+    )
+    parser.add_argument(
+        "--underrun-ms",
+        type=float,
+        default=0.0,
+        help="shortest dry gap of the client's player counted as an underrun (0: any)",
     )
     parser.add_argument("--url", default=None, help="measure this server instead of starting one")
     asyncio.run(main_async(parser.parse_args()))
