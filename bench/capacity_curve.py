@@ -47,15 +47,19 @@ GOALS = {"barge_p95_s": 0.300, "v2v_p95_s": 1.5, "refuse_within_s": 1.0}
 DEFAULT_SESSIONS = (1, 2, 4, 6, 8, 12, 16)
 
 
-def meets_goals(row: dict[str, Any]) -> bool:
-    """Whether one run met the issue's goals (see the module doc)."""
+def meets_goals(row: dict[str, Any], barge_in: bool = True) -> bool:
+    """Whether one run met the issue's goals (see the module doc).
+
+    ``barge_in=False`` leaves out the barge-in goal, which the stock bot misses even
+    alone, so that the two bots' capacities can still be compared.
+    """
     if row["admitted"] == 0:
         return False
     barge, v2v = row["barge_p95_ms"], row["v2v_p95_ms"]
     return (
         row["underruns"] == 0
         and row["silent"] == 0
-        and (barge is None or barge <= GOALS["barge_p95_s"] * 1000)
+        and (not barge_in or barge is None or barge <= GOALS["barge_p95_s"] * 1000)
         and v2v is not None
         and v2v <= GOALS["v2v_p95_s"] * 1000
         and (row["slowest_refusal_ms"] or 0) <= GOALS["refuse_within_s"] * 1000
@@ -145,6 +149,7 @@ async def run_point(bot: Any, n: int, phrases: list, duration: float, seed: int)
         "exceptions": [r.exception for r in admitted if r.exception][:3],
     }
     row["meets_goals"] = meets_goals(row)
+    row["meets_goals_but_barge_in"] = meets_goals(row, barge_in=False)
     return row
 
 
@@ -163,13 +168,13 @@ def print_table(name: str, rows: list[dict]) -> None:
             f"{r['v2v_p50_ms'] or 0:5d}/{r['v2v_p95_ms'] or 0:5d} ms  "
             f"{r['cpu_bot']:5.2f}/{r['cpu_clients']:4.2f}      "
             f"{r['bot_loop_lag_p95_ms'] if r['bot_loop_lag_p95_ms'] is not None else '-':>6}"
-            f"     {'met' if r['meets_goals'] else 'missed'}"
+            f"     {'met' if r['meets_goals'] else 'met but barge-in' if r['meets_goals_but_barge_in'] else 'missed'}"
         )
 
 
-def capacity(rows: list[dict]) -> int:
-    """Most sessions served at once in a run that met the goals."""
-    return max((r["admitted"] for r in rows if r["meets_goals"]), default=0)
+def capacity(rows: list[dict], key: str = "meets_goals") -> int:
+    """Most sessions served at once in a run that met the goals (``key``)."""
+    return max((r["admitted"] for r in rows if r[key]), default=0)
 
 
 def plot(results: dict[str, list[dict]], path: Path, stamp: str) -> None:
@@ -207,7 +212,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     phrases = await synthesize_phrases(PHRASES)
     results: dict[str, list[dict]] = {}
     for pipeline in args.pipelines:
-        extra = args.bot_args if pipeline == "vibevoice" else []
+        # The stock peer is Pipecat's own pipeline as people run it: no admission of ours.
+        extra = args.bot_args if pipeline == "vibevoice" else ["--admission", "off"]
         bot = start_bot(pipeline, *extra)
         rows = []
         try:
@@ -242,10 +248,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ncapacity curve, {args.duration:.0f} s per point, {stamp}, {machine()}")
     for name, rows in results.items():
         print_table(name, rows)
-    caps = {name: capacity(rows) for name, rows in results.items()}
-    print(f"\ncapacity at the goals: {caps}")
-    if caps.get("stock"):
-        print(f"ratio ours / stock: {caps.get('ours', 0) / caps['stock']:.2f}")
+    for label, key in (
+        ("the goals", "meets_goals"),
+        ("the goals but barge-in", "meets_goals_but_barge_in"),
+    ):
+        caps = {name: capacity(rows, key) for name, rows in results.items()}
+        ratio = (
+            f", ratio ours / stock {caps.get('ours', 0) / caps['stock']:.2f}"
+            if caps.get("stock")
+            else ""
+        )
+        print(f"capacity at {label}: {caps}{ratio}")
     if args.json:
         args.json.write_text(json.dumps({"stamp": stamp, "results": results}, indent=2))
         print(f"wrote {args.json}")

@@ -21,6 +21,10 @@ class SetMonitor(LoadMonitor):
     def sample(self) -> LoadSample:
         return self.now
 
+    @property
+    def smoothed_busy_share(self) -> float:
+        return self.now.machine_busy_share
+
     def feed(self, process_cores: float, times: int = 200) -> None:
         """Hand the listeners ``times`` samples of ``process_cores``."""
         self.now = LoadSample(self.now.machine_busy_share, process_cores, 0.0, {})

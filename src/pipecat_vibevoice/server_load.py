@@ -139,6 +139,11 @@ class LoadMonitor:
             interval_s=self._interval,
         )
 
+    @property
+    def smoothed_busy_share(self) -> float:
+        """The machine's busy share averaged over ~2 s (one sample is too noisy to act on)."""
+        return self._machine_share_smoothed
+
     def has_slack(self, share: float = 0.6) -> bool:
         """Whether optional work (interim transcripts) may run: the machine is below
         ``share`` busy (smoothed over ~2 s) and the event loop is on time."""
@@ -259,8 +264,9 @@ class Admission:
     def overload(self) -> str | None:
         """What says the server is overloaded right now, if anything."""
         sample = self.monitor.sample()
-        if sample.machine_busy_share > max(self.budget_share, 0.9):
-            return f"CPU {sample.machine_busy_share:.0%} busy"
+        busy = self.monitor.smoothed_busy_share
+        if busy > max(self.budget_share, 0.9):
+            return f"CPU {busy:.0%} busy"
         if sample.loop_lag_ms > self.max_loop_lag_ms:
             return f"event loop {sample.loop_lag_ms:.0f} ms late"
         for name, limit in self.max_probe.items():

@@ -76,7 +76,20 @@ def start_bot(tmp_dir: Path, *args: str, timeout: float = 90.0) -> BotServer:
     log_path = tmp_dir / f"bot-{port}.log"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     process = subprocess.Popen(
-        [sys.executable, str(REPO / "bot.py"), "--port", str(port), "--engine", "piper", *args],
+        # Admission by load is off unless a test asks for it (tests/bot/test_admission.py):
+        # the functional tests share the box with the test process and other bots, and
+        # a refusal there would test the machine, not the feature.
+        [
+            sys.executable,
+            str(REPO / "bot.py"),
+            "--port",
+            str(port),
+            "--engine",
+            "piper",
+            "--admission",
+            "off",
+            *args,
+        ],
         stdout=log_path.open("w"),
         stderr=subprocess.STDOUT,
         cwd=REPO,

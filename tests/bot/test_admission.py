@@ -23,7 +23,9 @@ from .conftest import start_bot, stop_bot
 
 @pytest.fixture(scope="module")
 def full_bot(tmp_path_factory):
-    server = start_bot(tmp_path_factory.mktemp("admission"), "--session-cost-cores", "64")
+    server = start_bot(
+        tmp_path_factory.mktemp("admission"), "--admission", "load", "--session-cost-cores", "64"
+    )
     yield server
     stop_bot(server)
 

@@ -79,7 +79,8 @@ def start_bot_server(
     from pipecat_vibevoice.pipeline import BotConfig, load_shared_models
 
     config = bot_config or BotConfig()
-    app = create_app(ServerSettings(bot=config))
+    # Admission by load off: these tests inject faults, not load (see tests/bot/conftest.py).
+    app = create_app(ServerSettings(bot=config, admission="off"))
 
     async def load(server: LoopServer) -> None:
         shared = models or await load_shared_models(config, engine=engine)

@@ -352,8 +352,16 @@ class VoiceClient:
             msg.audio.num_channels = 1
             try:
                 await self._ws.send(msg.SerializeToString())
-            except websockets.ConnectionClosed:
-                return  # the server hung up (e.g. refused the session): nothing to say
+            except websockets.ConnectionClosed as exc:
+                # The server hung up (e.g. refused the session): whoever waits for an
+                # utterance to be sent hears so instead of waiting for ever.
+                pending = [current] if current is not None else []
+                while not self._mic.empty():
+                    pending.append(self._mic.get_nowait())
+                for _, _, done in pending:
+                    if not done.done():
+                        done.set_exception(ConnectionError(f"the server closed the socket: {exc}"))
+                return
             if current is not None:
                 audio, utt, done = current
                 if rms(frame) >= AUDIBLE_RMS:

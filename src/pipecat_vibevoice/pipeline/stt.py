@@ -265,9 +265,7 @@ class StreamingWhisperSTT(FrameProcessor):
     async def _restart_finalize(self, silent_secs: float, name: str) -> None:
         """Replace any pending finalization by one for silence that began ``silent_secs`` ago."""
         await self._cancel_finalize()
-        self._finalize_task = self.create_task(
-            self._finalize(time.monotonic() - silent_secs), name
-        )
+        self._finalize_task = self.create_task(self._finalize(time.monotonic() - silent_secs), name)
 
     async def _cancel_finalize(self) -> None:
         task, self._finalize_task = self._finalize_task, None
