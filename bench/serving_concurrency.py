@@ -70,6 +70,10 @@ class Stats:
     #: bench/serve_vs_plain.py reads and aggregates.
     max_late_ms: float = 0.0
     late_frames: int = 0
+    #: The same, for the first sentence of every client only: all clients send it at
+    #: the same moment, a burst that the later, staggered sentences do not see.
+    first_round_ms: list[float] = field(default_factory=list)
+    first_round_underruns: int = 0
     utterances: int = 0
     busy: int = 0
     errors: int = 0
@@ -143,6 +147,8 @@ async def one_client(
                 if isinstance(frame, bytes):
                     if player.first is None:
                         stats.first_chunk_ms.append((now - sent) * 1000)
+                        if k == 0:
+                            stats.first_round_ms.append((now - sent) * 1000)
                     player.frame(now, len(frame) / 2 / rate)
                     continue
                 message = json.loads(frame)
@@ -161,6 +167,8 @@ async def one_client(
                 stats.utterances += 1
                 stats.audio_s += player.received_s
                 stats.underruns += player.underruns
+                if k == 0:
+                    stats.first_round_underruns += player.underruns
                 stats.underrun_utterances += player.underruns > 0
                 stats.silence_s += player.dry_s
                 stats.max_late_ms = max(stats.max_late_ms, player.max_dry_s * 1000)
@@ -267,6 +275,17 @@ async def main_async(args: argparse.Namespace) -> None:
                 f"{stats.max_late_ms:>6.0f}ms {stats.late_frames:>8} {stats.busy:>5} "
                 f"{stats.errors:>4} {stats.audio_s / wall:>9.1f}x "
                 f"{cpu / max(stats.audio_s, 1e-9):>7.3f} {cpu / wall:>8.2f}",
+                flush=True,
+            )
+            r, rest = stats.first_round_ms, len(f) - len(stats.first_round_ms)
+            later = sorted(f)  # p95 of the later sentences: all first-chunk times minus r's
+            for value in r:
+                later.remove(value)
+            print(
+                f"{'':>7} of which the first sentences ({len(r)}, sent at once): ttfc p95 "
+                f"{pct(r, 95):.0f} ms, {stats.first_round_underruns} underruns; the other "
+                f"{rest}: ttfc p95 {pct(later, 95):.0f} ms, "
+                f"{stats.underruns - stats.first_round_underruns} underruns",
                 flush=True,
             )
     finally:
