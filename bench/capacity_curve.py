@@ -172,6 +172,26 @@ def print_table(name: str, rows: list[dict]) -> None:
         )
 
 
+def markdown_table(results: dict[str, list[dict]]) -> str:
+    """The curve as a Markdown table (for the README): one row per N, both bots."""
+    names = list(results)
+    head = "| N | " + " | ".join(
+        f"{n}: admitted · underruns · barge-in p95 · v2v p95 · CPU" for n in names
+    )
+    lines = [head + " |", "|---|" + "---|" * len(names)]
+    for i, row in enumerate(results[names[0]]):
+        cells = []
+        for name in names:
+            r = results[name][i]
+            cells.append(
+                f"{r['admitted']}/{r['sessions']} · {r['underruns']} · {r['barge_p95_ms']} ms"
+                f" · {r['v2v_p95_ms']} ms · {r['cpu_bot']:.2f}"
+                + (" ✅" if r["meets_goals"] else "")
+            )
+        lines.append(f"| {row['sessions']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def capacity(rows: list[dict], key: str = "meets_goals") -> int:
     """Most sessions served at once in a run that met the goals (``key``)."""
     return max((r["admitted"] for r in rows if r[key]), default=0)
@@ -259,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
             else ""
         )
         print(f"capacity at {label}: {caps}{ratio}")
+    print()
+    print(markdown_table(results))
     if args.json:
         args.json.write_text(json.dumps({"stamp": stamp, "results": results}, indent=2))
         print(f"wrote {args.json}")

@@ -60,12 +60,12 @@ def test_an_idle_server_always_admits_one_and_the_hard_cap_always_holds():
     [
         (LoadSample(0.97, 1.9, 0.0, {}), "CPU"),
         (LoadSample(0.2, 0.2, 400.0, {}), "event loop"),
-        (LoadSample(0.2, 0.2, 0.0, {"stt_wait_s": 2.5}), "stt_wait_s"),
+        (LoadSample(0.2, 0.2, 0.0, {"stt_latency_s": 2.5}), "stt_latency_s"),
     ],
 )
 def test_an_overloaded_server_refuses_whatever_the_estimate_says(sample, why):
     monitor = SetMonitor()
-    admission = Admission(monitor, prior_session_cores=0.01, max_probe={"stt_wait_s": 1.0})
+    admission = Admission(monitor, prior_session_cores=0.01, max_probe={"stt_latency_s": 1.0})
     monitor.now = sample
     refusal = admission.check(1)
     assert refusal is not None and refusal.reason == "overloaded" and why in refusal.message

@@ -214,3 +214,13 @@ async def test_final_transcripts_queued_together_are_decoded_in_batches(transcri
     assert transcriber.batches - batches_before <= 2, "finals were decoded one by one"
     assert all("time is it" in r.text.lower() for r in results), [r.text for r in results]
     assert all(r.tail_confidence is not None for r in results)
+
+
+async def test_the_final_transcript_latency_is_reported_for_admission(transcriber, speech):
+    """What the admission reads: queue wait plus decoding of recent finals."""
+    assert transcriber.final_latency() == 0.0
+    audio = speech["question"].astype(np.float32) / 32768.0
+    await asyncio.gather(*(transcriber.transcribe(audio, Transcriber.FINAL) for _ in range(3)))
+    latency = transcriber.final_latency()
+    assert latency > 0.0
+    assert transcriber.final_latency(window_secs=0.0) == 0.0  # nothing finished that recently

@@ -34,6 +34,10 @@ from .session import SessionRegistry
 from .settings import ServerSettings
 from .telephony import telephony_router
 
+#: Final transcripts taking longer than this (queue + decoding, last 10 s) mean the
+#: conversations already here wait too long for their answers: admit no more.
+STT_LATENCY_LIMIT_S = 0.8
+
 #: Every router of the app, in one place. Each entry is a zero-argument factory.
 ROUTER_FACTORIES: list[Callable[[], APIRouter]] = [bot_router, telephony_router, sdk_router]
 
@@ -79,7 +83,7 @@ def create_app(
         if app.state.models is not None:
             # Speech recognition behind = conversations waiting for their answers.
             transcriber = app.state.models.transcriber
-            app.state.load.probes["stt_wait_s"] = transcriber.oldest_final_wait
+            app.state.load.probes["stt_latency_s"] = transcriber.final_latency
             transcriber.has_slack = app.state.load.has_slack
         logger.info(
             f"voice bot ready on http://{settings.host}:{settings.port} "
@@ -105,7 +109,7 @@ def create_app(
             budget_share=settings.load_budget,
             prior_session_cores=settings.session_cost_cores,
             max_sessions=settings.max_sessions,
-            max_probe={"stt_wait_s": 1.0},
+            max_probe={"stt_latency_s": STT_LATENCY_LIMIT_S},
             enabled=settings.admission == "load",
         )
     )

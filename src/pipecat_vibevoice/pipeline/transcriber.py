@@ -19,6 +19,7 @@ import heapq
 import itertools
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -169,6 +170,7 @@ class Transcriber:
         self.has_slack: Callable[[], bool] | None = None
         self._finals_running = 0
         #: Per kind: (seconds the last job waited in the queue, seconds it took to decode).
+        self._final_latencies: deque[tuple[float, float]] = deque()  # (finished, latency)
         self.last_job: dict[int, tuple[float, float]] = {
             self.FINAL: (0.0, 0.0),
             self.INTERIM: (0.0, 0.0),
@@ -219,15 +221,22 @@ class Transcriber:
         for _, _, future, _ in pending:
             future.cancel()
 
-    def oldest_final_wait(self) -> float:
-        """Seconds the oldest queued final transcript has waited (0 when none waits).
+    def final_latency(self, window_secs: float = 10.0) -> float:
+        """How long a final transcript takes now: queue wait plus decoding, in seconds.
 
-        A conversation waits for its final transcript before it is answered, so this is
-        how far behind speech recognition is running: a load signal.
+        The worst of the finals finished in the last ``window_secs`` and the wait of the
+        oldest one still queued. A conversation waits for its final transcript before it
+        is answered, so this is how far behind speech recognition runs: a load signal
+        that predicts the answers' delay.
         """
+        now = time.monotonic()
         with self._cv:
             queue = self._queues[self.FINAL]
-            return time.monotonic() - min(item[3] for item in queue) if queue else 0.0
+            waiting = now - min(item[3] for item in queue) if queue else 0.0
+            while self._final_latencies and self._final_latencies[0][0] < now - window_secs:
+                self._final_latencies.popleft()
+            done = max((latency for _, latency in self._final_latencies), default=0.0)
+        return max(waiting, done)
 
     # -- worker threads ---------------------------------------------------------------
 
@@ -276,23 +285,29 @@ class Transcriber:
         if not live:
             return
         started = time.monotonic()
+        error: Exception | None = None
         try:
-            results: list[Transcript] | None = self._transcribe_blocking([a for a, _, _ in live])
+            results = self._transcribe_blocking([a for a, _, _ in live])
         except Exception as exc:
-            results = None
-            for _, future, _ in live:
-                future.set_exception(exc)
-        if results is not None:
-            for (_, future, _), transcript in zip(live, results, strict=True):
-                future.set_result(transcript)
+            error = exc
+        # Bookkeeping before the results go out: a caller that wakes on its result and
+        # asks for the latency must see its own job in it (and the batch count).
         took = time.monotonic() - started
         waited = started - min(queued for _, _, queued in live)
         self.last_job[kind] = (waited, took)
+        if kind == self.FINAL:
+            with self._cv:
+                self._final_latencies.append((time.monotonic(), waited + took))
         self.batches += 1
         logger.trace(
             f"stt {'final' if kind == self.FINAL else 'interim'}: {len(live)} job(s), "
             f"oldest waited {waited:.3f}s, decoded in {took:.3f}s"
         )
+        for index, (_, future, _) in enumerate(live):
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(results[index])
 
     # -- decoding (on a worker thread) ------------------------------------------------
 
