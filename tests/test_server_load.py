@@ -112,4 +112,4 @@ async def test_the_monitor_measures_this_process_and_the_loop():
     assert sample.loop_lag_ms >= 150
     assert time.monotonic() - wall0 >= 0.25
     if read_machine_cpu() is not None:
-        assert 0.0 < sample.machine_busy_share <= 1.0
+        assert 0.0 <= sample.machine_busy_share <= 1.0  # 10 ms ticks: 0 over 0.1 s is possible

@@ -164,6 +164,9 @@ class HoldingOutputTransport(FastAPIWebsocketOutputTransport):
             logger.debug(f"{self}: hold ended after {held_ms:.0f} ms (discard={discard})")
         self._held_since = None
         self._released.set()
+        # The client drained during the hold by our choice, not because a write came
+        # late: start its playout afresh rather than learn a lateness from it.
+        self.playout.reset()
         words, self._held_words = self._held_words, []
         if not discard:
             for word in words:  # played after all: they reach the context now

@@ -38,6 +38,8 @@ MIN_WINDOW_SECS = 8
 #: oldest first): under load a late partial transcript is worthless, and decoding it
 #: takes CPU from the final transcripts and the voice that conversations wait for.
 MAX_PENDING_INTERIM = 2
+#: Finals needed in the window before their latency counts (see ``final_latency``).
+MIN_LATENCY_SAMPLES = 3
 #: Most final transcripts decoded in one batch (conversations ending their turns at once).
 MAX_FINAL_BATCH = 8
 
@@ -224,10 +226,12 @@ class Transcriber:
     def final_latency(self, window_secs: float = 10.0) -> float:
         """How long a final transcript takes now: queue wait plus decoding, in seconds.
 
-        The worst of the finals finished in the last ``window_secs`` and the wait of the
-        oldest one still queued. A conversation waits for its final transcript before it
-        is answered, so this is how far behind speech recognition runs: a load signal
-        that predicts the answers' delay.
+        The median of the finals finished in the last ``window_secs`` (at least three,
+        else none count), or the wait of the oldest one still queued if that is longer.
+        A conversation waits for its final transcript before it is answered, so this is
+        how far behind speech recognition runs: a load signal that predicts the answers'
+        delay. The median, so that one slow decode (a full-window redo after a loop)
+        does not read as overload.
         """
         now = time.monotonic()
         with self._cv:
@@ -235,7 +239,8 @@ class Transcriber:
             waiting = now - min(item[3] for item in queue) if queue else 0.0
             while self._final_latencies and self._final_latencies[0][0] < now - window_secs:
                 self._final_latencies.popleft()
-            done = max((latency for _, latency in self._final_latencies), default=0.0)
+            recent = [latency for _, latency in self._final_latencies]
+        done = float(np.median(recent)) if len(recent) >= MIN_LATENCY_SAMPLES else 0.0
         return max(waiting, done)
 
     # -- worker threads ---------------------------------------------------------------
@@ -296,8 +301,11 @@ class Transcriber:
         waited = started - min(queued for _, _, queued in live)
         self.last_job[kind] = (waited, took)
         if kind == self.FINAL:
-            with self._cv:
-                self._final_latencies.append((time.monotonic(), waited + took))
+            finished = time.monotonic()
+            with self._cv:  # each job's own latency: its wait plus the batch's decode
+                self._final_latencies.extend(
+                    (finished, started - queued + took) for _, _, queued in live
+                )
         self.batches += 1
         logger.trace(
             f"stt {'final' if kind == self.FINAL else 'interim'}: {len(live)} job(s), "
