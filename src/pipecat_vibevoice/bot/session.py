@@ -82,6 +82,11 @@ class SessionRegistry:
             "refused": sum(self.admission.refused.values()) if self.admission else 0,
         }
 
+    def note_live(self) -> None:
+        """Tell the admission how many sessions are live (it learns their cost by it)."""
+        if self.admission is not None:
+            self.admission.note_sessions(len(self.live))
+
     def refusal(self, max_sessions: int = 0) -> Refusal | None:
         """Why a new session may not start now, or None."""
         if self.admission is not None:
@@ -193,6 +198,7 @@ def tracked_session(registry: SessionRegistry, client: str) -> Iterator[SessionI
     with logger.contextualize(session=session_id):
         info = SessionInfo(session_id, client)
         registry.live[session_id] = info
+        registry.note_live()
         registry.total += 1
         started = time.monotonic()
         logger.info(f"session started for {client} ({len(registry.live)} live)")
@@ -200,6 +206,7 @@ def tracked_session(registry: SessionRegistry, client: str) -> Iterator[SessionI
             yield info
         finally:
             registry.live.pop(session_id, None)
+            registry.note_live()
             logger.info(
                 f"session ended after {time.monotonic() - started:.1f}s ({len(registry.live)} live)"
             )
