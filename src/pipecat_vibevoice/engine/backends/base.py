@@ -125,3 +125,20 @@ class SpeechBackend(ABC):
         """Facts for the health check (model path, device, dtype...)."""
         return {"engine": self.name, "native_sample_rate": self.sample_rate}
 
+
+def pick_torch_device(config: Any) -> str:
+    """``cuda`` when asked for or available under ``device=auto``, else ``cpu`` (torch backends).
+
+    Raises :class:`BackendUnavailable` when CUDA is asked for and torch sees none.
+    """
+    import torch
+
+    from ..errors import BackendUnavailable
+
+    if config.device == "cpu":
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    if config.device == "cuda":
+        raise BackendUnavailable("device=cuda was asked for but torch sees no CUDA device")
+    return "cpu"

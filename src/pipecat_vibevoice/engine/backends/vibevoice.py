@@ -22,7 +22,7 @@ from ...models.vibevoice_realtime.checkpoint import CheckpointNotFoundError, res
 from ..config import TTSConfig
 from ..controls import VIBEVOICE_CONTROLS
 from ..word_timing import WindowWords
-from .base import AudioPiece, BackendUnavailable, SpeechBackend, SynthesisRequest
+from .base import AudioPiece, BackendUnavailable, SpeechBackend, SynthesisRequest, pick_torch_device
 
 REQUIRED_PACKAGES = ("torch", "transformers", "diffusers", "safetensors", "tokenizers")
 #: The official default voice, listed first when present.
@@ -62,18 +62,6 @@ def load_tokenizer(model_dir: Path, allow_download: bool = False, cache_dir: str
         f"VibeVoice tokenizer file 'tokenizer.json' is missing from {model_dir}: "
         f"copy the Qwen2.5 tokenizer ({DEFAULT_TOKENIZER_REPO}: tokenizer.json) there"
     )
-
-
-def _pick_device(config: TTSConfig) -> str:
-    import torch
-
-    if config.device == "cpu":
-        return "cpu"
-    if torch.cuda.is_available():
-        return "cuda"
-    if config.device == "cuda":
-        raise BackendUnavailable("device=cuda was asked for but torch sees no CUDA device")
-    return "cpu"
 
 
 class VibeVoiceBackend(SpeechBackend):
@@ -128,7 +116,7 @@ class VibeVoiceBackend(SpeechBackend):
         self._tokenizer = load_tokenizer(
             self.model_dir, self.config.allow_download, self.config.cache_dir
         )
-        self.device = _pick_device(self.config)
+        self.device = pick_torch_device(self.config)
         if self.config.dtype == "auto":
             self.dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
         else:

@@ -34,7 +34,7 @@ from ..controls import VIBEVOICE_CONTROLS
 from ..errors import UnknownVoiceError, VoiceError
 from ..voices import VoiceDirectory, prepare_clip
 from ..word_timing import word_starts
-from .base import AudioPiece, BackendUnavailable, SpeechBackend, SynthesisRequest
+from .base import AudioPiece, BackendUnavailable, SpeechBackend, SynthesisRequest, pick_torch_device
 
 REQUIRED_PACKAGES = ("torch", "transformers", "diffusers", "safetensors", "tokenizers")
 #: The voice without a reference clip (the model picks one, anew for each utterance).
@@ -44,18 +44,6 @@ CHARS_PER_SECOND = 14.0
 #: Latents allowed per character of text (about twice a slow reader) plus a floor, so a
 #: model that never says "end" stops.
 LATENTS_PER_CHAR, MIN_LATENTS = 1.5, 30
-
-
-def _pick_device(config: TTSConfig) -> str:
-    import torch
-
-    if config.device == "cpu":
-        return "cpu"
-    if torch.cuda.is_available():
-        return "cuda"
-    if config.device == "cuda":
-        raise BackendUnavailable("device=cuda was asked for but torch sees no CUDA device")
-    return "cpu"
 
 
 class VibeVoice15BBackend(SpeechBackend):
@@ -100,7 +88,7 @@ class VibeVoice15BBackend(SpeechBackend):
 
         from ...models.vibevoice_1p5b.checkpoint import load
 
-        self.device = _pick_device(self.config)
+        self.device = pick_torch_device(self.config)
         if self.config.dtype == "auto":
             self.dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
         else:
