@@ -86,11 +86,19 @@ async def sample_load(port: int, samples: list[dict], stop: asyncio.Event) -> No
             pass
 
 
+def loop_thread_cpu(proc: psutil.Process) -> float:
+    """CPU seconds of the bot's main thread, which runs the event loop of every session."""
+    for thread in proc.threads():
+        if thread.id == proc.pid:
+            return thread.user_time + thread.system_time
+    return 0.0
+
+
 async def run_point(bot: Any, n: int, phrases: list, duration: float, seed: int) -> dict[str, Any]:
     """N sessions at once against a running bot for ``duration`` seconds."""
     proc = psutil.Process(bot.process.pid)
     me = psutil.Process()
-    cpu0, mine0 = proc.cpu_times(), me.cpu_times()
+    cpu0, mine0, loop0 = proc.cpu_times(), me.cpu_times(), loop_thread_cpu(proc)
     stop = asyncio.Event()
     load_samples: list[dict] = []
     sampler = asyncio.create_task(sample_load(bot.port, load_samples, stop))
@@ -110,7 +118,7 @@ async def run_point(bot: Any, n: int, phrases: list, duration: float, seed: int)
         stop.set()
         await sampler
     elapsed = time.monotonic() - started
-    cpu1, mine1 = proc.cpu_times(), me.cpu_times()
+    cpu1, mine1, loop1 = proc.cpu_times(), me.cpu_times(), loop_thread_cpu(proc)
     admitted = [r for r in results if not r.refused]
     refused = [r for r in results if r.refused]
     barge = [b for r in admitted for b in r.barge]
@@ -144,6 +152,7 @@ async def run_point(bot: Any, n: int, phrases: list, duration: float, seed: int)
         "v2v_p95_ms": ms(v2v, 95),
         "cpu_bot": busy(cpu0, cpu1),
         "cpu_clients": busy(mine0, mine1),
+        "cpu_loop": round((loop1 - loop0) / elapsed, 2),
         "bot_loop_lag_p95_ms": round(pct(lag, 95), 1) if lag else None,
         "load_samples": load_samples,
         "exceptions": [r.exception for r in admitted if r.exception][:3],
@@ -158,7 +167,7 @@ def print_table(name: str, rows: list[dict]) -> None:
     print(f"\n{name}")
     print(
         "   N  admit refused(max ms)  underruns(dry s)  silent  barge p95  v2v p50/p95"
-        "   CPU bot/clients  loop lag p95  goals"
+        "   CPU bot/clients/loop  loop lag p95  goals"
     )
     for r in rows:
         print(
@@ -166,7 +175,7 @@ def print_table(name: str, rows: list[dict]) -> None:
             f"({r['slowest_refusal_ms'] or 0:5d})   {r['underruns']:5d} ({r['dry_s']:6.2f})"
             f"  {r['silent']:6d}  {r['barge_p95_ms'] or 0:6d} ms  "
             f"{r['v2v_p50_ms'] or 0:5d}/{r['v2v_p95_ms'] or 0:5d} ms  "
-            f"{r['cpu_bot']:5.2f}/{r['cpu_clients']:4.2f}      "
+            f"{r['cpu_bot']:5.2f}/{r['cpu_clients']:4.2f}/{r.get('cpu_loop', 0):4.2f}  "
             f"{r['bot_loop_lag_p95_ms'] if r['bot_loop_lag_p95_ms'] is not None else '-':>6}"
             f"     {'met' if r['meets_goals'] else 'met but barge-in' if r['meets_goals_but_barge_in'] else 'missed'}"
         )

@@ -261,3 +261,72 @@ def test_the_playout_lead_grows_with_lateness_and_fades_back():
     assert quiet.target(5.0) == BASE_LEAD_S
     quiet.reset()
     assert quiet.sent(chunk, 5.01) == 0.0
+
+
+def _vad_states(analyzer, audio: np.ndarray) -> list:
+    """The analyzer's state after each 20 ms frame, fed as a transport would."""
+    import asyncio
+
+    analyzer.set_sample_rate(16000)
+
+    async def feed() -> list:
+        return [
+            await analyzer.analyze_audio(audio[i : i + 320].tobytes())
+            for i in range(0, len(audio) - 319, 320)
+        ]
+
+    return asyncio.run(feed())
+
+
+@pytest.mark.parametrize("noise_dbfs", [-80.0, -60.0])
+def test_silero_is_skipped_only_where_pipecat_could_not_hear_speech(speech, noise_dbfs):
+    """Quiet windows skip the model; Pipecat's VAD hears the same speech as with every window.
+
+    The reference is Pipecat's own SileroVADAnalyzer (own model copy, every window
+    scored) on the same audio: a room's noise floor (-80 and -60 dBFS, both under
+    Pipecat's min_volume, so skipped), the test phrase, and the phrase again 12 dB
+    quieter (an onset the model's state matters for). Confirmed speech must start and
+    end in the same 32 ms window (1.6 frames of 20 ms, so within 2 frames): a one-window
+    dip to STOPPING inside speech is a borderline score either analyzer may have on
+    another CPU, so it does not split a segment.
+    """
+    from pipecat.audio.vad.silero import SileroVADAnalyzer
+    from pipecat.audio.vad.vad_analyzer import VADState
+
+    from pipecat_vibevoice.pipeline.models import _pipecat_data_file, load_onnx_session
+    from pipecat_vibevoice.pipeline.vad import SharedSileroVADAnalyzer
+
+    rng = np.random.default_rng(3)
+
+    def noisy(signal: np.ndarray) -> np.ndarray:
+        floor = rng.normal(0, 32768 * 10 ** (noise_dbfs / 20), len(signal))
+        return np.clip(signal + floor, -32768, 32767).astype(np.int16)
+
+    def quiet(seconds: float) -> np.ndarray:
+        return noisy(np.zeros(int(16000 * seconds)))
+
+    question = speech["question"].astype(np.float64)
+    audio = np.concatenate(
+        [quiet(1.5), noisy(question), quiet(3.0), noisy(question * 10 ** (-12 / 20)), quiet(1.5)]
+    )
+    session = load_onnx_session(_pipecat_data_file("pipecat.audio.vad.data", "silero_vad.onnx"))
+    gated = SharedSileroVADAnalyzer(session)
+    reference = _vad_states(SileroVADAnalyzer(), audio)
+    states = _vad_states(gated, audio)
+
+    def segments(seq: list) -> list[tuple[int, int]]:
+        heard = [s in (VADState.SPEAKING, VADState.STOPPING) for s in seq] + [False]
+        starts = [i for i, h in enumerate(heard) if h and (i == 0 or not heard[i - 1])]
+        ends = [i for i, h in enumerate(heard) if not h and i and heard[i - 1]]
+        return list(zip(starts, ends, strict=True))
+
+    ours, theirs = segments(states), segments(reference)
+    assert len(theirs) == 2, f"both utterances are speech to Pipecat: {theirs}"
+    assert len(ours) == 2, (ours, theirs)
+    for (a0, a1), (b0, b1) in zip(ours, theirs, strict=True):
+        assert abs(a0 - b0) <= 2 and abs(a1 - b1) <= 2, (ours, theirs)
+    windows = gated.model_windows + gated.skipped_windows
+    quiet_share = 6.0 / (len(audio) / 16000)
+    # The noise is skipped but for the ~400 ms the volume window holds after speech.
+    assert gated.skipped_windows >= 0.7 * quiet_share * windows
+    assert gated.model_windows >= (1 - quiet_share) * windows

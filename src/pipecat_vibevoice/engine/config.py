@@ -62,7 +62,8 @@ class TTSConfig(EnvSettings):
         default_voice: Voice used when ``speaker_id`` is 0/None; engine default if unset.
         max_text_chars: Longest accepted text; longer input is refused, not truncated.
         load_retries: Attempts at loading a model before giving up.
-        num_threads: CPU threads for inference (0 = library default).
+        num_threads: CPU threads per inference call (0 = Piper: the cores shared among
+            the engine's workers; VibeVoice: torch's default).
         cfg_scale: VibeVoice classifier-free guidance scale.
         inference_steps: VibeVoice diffusion steps per latent.
         max_batch: VibeVoice utterances stepped together in one batched model step
@@ -113,7 +114,8 @@ class TTSConfig(EnvSettings):
     max_text_chars: int = field(default=100_000, metadata=_help("refuse texts longer than this"))
     load_retries: int = field(default=3, metadata=_help("model loading attempts"))
     num_threads: int = field(
-        default=0, metadata=_help("CPU inference threads (0 = library default)")
+        default=0,
+        metadata=_help("CPU threads per inference call (0 = share the cores among the workers)"),
     )
     cfg_scale: float = field(
         default=CFG_SCALE.default, metadata=_help("VibeVoice classifier-free guidance scale")

@@ -23,13 +23,17 @@ BackendFactory = Callable[[TTSConfig], SpeechBackend]
 
 
 def make_piper(config: TTSConfig) -> SpeechBackend:
-    """The bundled CPU voice."""
+    """The bundled CPU voice; unless set, each call gets its share of the cores."""
     from .backends.piper import PiperBackend
+    from .workers import pool_width, threads_per_call
 
     cache = Path(config.cache_dir) / "piper" if config.cache_dir else None
-    return PiperBackend(
+    backend = PiperBackend(
         cache_dir=cache, num_threads=config.num_threads, release_memory=config.release_memory
     )
+    if not config.num_threads:
+        backend.num_threads = threads_per_call(pool_width(backend))
+    return backend
 
 
 def make_vibevoice(config: TTSConfig) -> SpeechBackend:

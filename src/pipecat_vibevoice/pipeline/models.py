@@ -21,6 +21,7 @@ from typing import Any
 from loguru import logger
 
 from ..engine import TTSConfig, TTSEngine, get_tts_engine
+from ..engine.workers import threads_per_call
 from .config import BotConfig
 from .thread_priority import run_in_lowered_thread
 from .transcriber import Transcriber
@@ -73,11 +74,15 @@ def load_onnx_session(path: str, threads: int = 1) -> Any:
     return onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"], sess_options=opts)
 
 
+#: CTranslate2 workers of the recognizer: :class:`Transcriber`'s final and interim decodes.
+WHISPER_WORKERS = 2
+
+
 def load_whisper_model(path: str, threads: int) -> Any:
     """faster-whisper (int8, CPU) from a local directory, with two CTranslate2 workers.
 
     Two workers share the weights so that :class:`Transcriber`'s final and interim
-    decodes really run in parallel. Call it in a thread whose priority is already
+    decodes really run in parallel; ``threads`` 0 gives each its share of the cores. Call it in a thread whose priority is already
     lowered: CTranslate2 starts its compute threads here, and they inherit it.
     """
     from faster_whisper import WhisperModel
@@ -88,8 +93,8 @@ def load_whisper_model(path: str, threads: int) -> Any:
         path,
         device="cpu",
         compute_type="int8",
-        cpu_threads=threads,
-        num_workers=2,
+        cpu_threads=threads or threads_per_call(WHISPER_WORKERS),
+        num_workers=WHISPER_WORKERS,
         local_files_only=True,
     )
 
