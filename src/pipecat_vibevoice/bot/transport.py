@@ -18,7 +18,7 @@ cannot silence the bot for good.
 Pipecat's own pacing keeps the client one chunk ahead and, when a write comes late,
 restarts its clock from then: every event-loop hiccup longer than a chunk is a gap the
 listener hears. The output here paces against the client's playout instead
-(:class:`PlayoutLead`): it keeps the client ahead by a lead that starts at two chunks
+(:class:`PlayoutLead`): it keeps the client ahead by a lead that starts at one chunk
 and grows with the lateness it has seen lately (up to :data:`MAX_LEAD_S`), like a
 jitter buffer. A busy server so trades a little barge-in time (a plain client plays its
 lead) for no gaps; an idle one keeps the short lead.
@@ -49,8 +49,11 @@ from ..pipeline.frames import PlaybackControlFrame
 
 #: The longest a hold lasts without a release, a drop or an interruption.
 MAX_HOLD_S = 2.0
-#: The client's playout lead: at least this much audio ahead of its playback...
-BASE_LEAD_S = 0.08
+#: The client's playout lead: at least this much audio ahead of its playback (one 40 ms
+#: chunk; a plain client's barge-in plays it out: 80 ms put its p95 at 168-174 ms, over
+#: the 150 ms goal, against 143 ms with 40; at 8 conversations 40 ms had no underruns
+#: in 5 runs, the lateness it learns doing the rest)...
+BASE_LEAD_S = 0.04
 #: ...growing with recent lateness up to this (a plain client's barge-in pays it).
 MAX_LEAD_S = 0.16
 #: How fast the memory of a late write fades (seconds for the excess lead to halve).
