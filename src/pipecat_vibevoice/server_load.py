@@ -228,7 +228,8 @@ class Admission:
 
     def capacity(self) -> int:
         """Conversations that fit at the learned cost (the hard cap, if lower)."""
-        fit = int(max(0.0, self.budget_cores - self._idle_cores) / self.session_cores)
+        # The epsilon: 1.4 / 0.2 is 6.999… in floating point, and 7 fit.
+        fit = int(max(0.0, self.budget_cores - self._idle_cores) / self.session_cores + 1e-9)
         return min(fit, self.max_sessions) if self.max_sessions else fit
 
     def note_sessions(self, sessions: int) -> None:

@@ -76,7 +76,7 @@ class ServerSettings(EnvSettings):
         metadata={"help": "'load': refuse new conversations that would not fit the measured load"},
     )
     load_budget: float = field(
-        default=0.6, metadata={"help": "share of the cores conversations may use, (0, 1]"}
+        default=0.8, metadata={"help": "share of the cores conversations may use, (0, 1]"}
     )
     session_cost_cores: float = field(
         default=0.2,
