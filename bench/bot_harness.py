@@ -115,14 +115,22 @@ def start_bot(pipeline: str, *extra: str, timeout: float = 120.0) -> Bot:
     raise RuntimeError(f"bot.py did not start: {log.read_text()[-3000:]}")
 
 
-async def synthesize_phrases(phrases: list[str] = PHRASES) -> list[np.ndarray]:
+#: The user's voice is seeded, as in the tests: the same audio in every run, so two runs
+#: differ by the code, not by VITS's draw (which changed transcripts, and with them how
+#: long the turn judge waits). With seed 2 tiny.en hears every phrase above right.
+USER_VOICE_SEED = 2
+
+
+async def synthesize_phrases(
+    phrases: list[str] = PHRASES, seed: int | None = USER_VOICE_SEED
+) -> list[np.ndarray]:
     """The user's phrases as int16 16 kHz audio from our engine (bundled Piper voice)."""
     from pipecat_vibevoice.engine import TTSConfig, TTSEngine
 
     engine = TTSEngine(TTSConfig(engine="piper", sample_rate=MIC_RATE))
     await engine.initialize()
     try:
-        return [await engine.synthesize(p) for p in phrases]
+        return [await engine.synthesize(p, seed=seed) for p in phrases]
     finally:
         await engine.cleanup()
 

@@ -26,7 +26,7 @@ from pipecat_vibevoice.pipeline.frames import (
     message_kind,
 )
 from pipecat_vibevoice.pipeline.responder import last_user_text
-from pipecat_vibevoice.pipeline.transcriber import looks_looped
+from pipecat_vibevoice.pipeline.transcriber import Transcriber, looks_looped, loop_start
 from pipecat_vibevoice.pipeline.turns import text_sounds_finished
 
 
@@ -64,6 +64,26 @@ def test_loop_guard_spots_restarted_sentences():
     assert looks_looped("Can you hear me? Can you hear me")
     assert looks_looped("Tell me a story about a dog. Tell me")
     assert not looks_looped("Stop, please. Tell me a story about a brave dog instead.")
+
+
+def test_a_repeated_sentence_is_cut_before_the_repeat_at_a_token():
+    """The decoder's loop is cut where the sentence restarts, on a token boundary, so the
+    last-word confidence is that of the real last word ("formed.")."""
+    text = "Please explain how a rainbow is formed. Please explain how a rain"
+    assert loop_start(text) == 7
+    pieces = [" Please", " explain", " how", " a", " rain", "bow", " is", " formed", ".",
+              " Please", " explain", " how", " a", " rain"]  # fmt: skip
+
+    class Tokenizer:
+        def decode(self, ids: list[int]) -> str:
+            return "".join(pieces[i] for i in ids)
+
+    stub = type("Stub", (), {"_tokenizer": Tokenizer()})()
+    kept = [(i, 0.9) for i in range(len(pieces))]
+    cut = Transcriber._tokens_for_words(stub, kept, loop_start(text))
+    assert (
+        Tokenizer().decode([t for t, _ in cut]).strip() == "Please explain how a rainbow is formed."
+    )
 
 
 def _tone(seconds: float, rate: int = 24000, amp: int = 8000) -> bytes:

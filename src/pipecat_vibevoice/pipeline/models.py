@@ -148,6 +148,7 @@ class SharedModels:
                 "model": self.stt_model_path,
                 "transcriptions": self.transcriber.jobs,
                 "full_window_fallbacks": self.transcriber.fallbacks,
+                "repeats_cut": self.transcriber.loops_cut,
                 "interim_shed": self.transcriber.shed,
             },
             "vad": "silero (pipecat bundled onnx)",

@@ -61,11 +61,12 @@ class Transcript:
 # -- decoding helpers ---------------------------------------------------------------
 
 
-def looks_looped(text: str) -> bool:
-    """True when a sentence restarts a previous one ("Can you hear me? Can you hear").
+def loop_start(text: str) -> int | None:
+    """Where a sentence restarts a previous one ("Can you hear me? Can you hear"), in
+    words, or ``None``.
 
-    Such repeats are the decoder looping; a false alarm only costs a full-window
-    decode.
+    Such repeats are the decoder looping over a short window's silence: what comes
+    before the restart is the transcript.
     """
     words = text.split()
     norm = [w.strip(".,!?;:").lower() for w in words]
@@ -73,8 +74,13 @@ def looks_looped(text: str) -> bool:
     for a, i in enumerate(starts):
         for j in starts[a + 1 :]:
             if j + 2 <= len(norm) and norm[i : i + 2] == norm[j : j + 2]:
-                return True
-    return False
+                return j
+    return None
+
+
+def looks_looped(text: str) -> bool:
+    """True when a sentence restarts a previous one (see :func:`loop_start`)."""
+    return loop_start(text) is not None
 
 
 def last_word_probability(tokens: list[str], probabilities: list[float]) -> float | None:
@@ -167,6 +173,8 @@ class Transcriber:
         self.fallbacks = 0
         self.shed = 0
         self.batches = 0
+        #: Decodes that repeated a sentence and were cut before the repeat.
+        self.loops_cut = 0
         #: Whether the machine has room for optional work; interim transcripts are
         #: shed while it says no (the server's load monitor sets it; None: always).
         self.has_slack: Callable[[], bool] | None = None
@@ -397,11 +405,24 @@ class Transcriber:
         kept = [(t, p) for t, p in zip(ids, probabilities, strict=False) if t < self._tokenizer.eot]
         tokens = [t for t, _ in kept]
         text = self._tokenizer.decode(tokens).strip()
-        if len(tokens) >= token_limit - 1 or looks_looped(text):
+        restart = loop_start(text)
+        if restart is not None and len(tokens) < token_limit - 1:
+            # A sentence repeated, then the end of text: keep what came before the
+            # repeat (the same words a full-window redo gives, ~0.5 s of CPU sooner;
+            # that redo held every queued final transcript behind it).
+            kept = self._tokens_for_words(kept, restart)
+            tokens = [t for t, _ in kept]
+            text = self._tokenizer.decode(tokens).strip()
+            self.loops_cut += 1
+            logger.debug(f"windowed decode repeated itself; kept {text!r}")
+        elif len(tokens) >= token_limit - 1 or restart is not None:
             # No end of text within a plausible length: the short window made the
             # decoder loop. Redo it the standard way (full 30 s window).
             self.fallbacks += 1
-            logger.debug(f"windowed decode ran away ({len(tokens)} tokens); full window")
+            logger.info(
+                f"windowed decode ran away ({len(tokens)} tokens, limit {token_limit}, "
+                f"{len(audio) / WHISPER_RATE:.2f} s of audio); full window"
+            )
             return self._transcribe_full(audio)
         # Whisper's own silence rule: likely no speech and a low-confidence decode.
         if result.no_speech_prob > 0.6 and result.scores[0] < -1.0:
@@ -410,6 +431,15 @@ class Transcriber:
             [self._tokenizer.decode([t]) for t in tokens], [p for _, p in kept]
         )
         return Transcript(text, tail)
+
+    def _tokens_for_words(
+        self, kept: list[tuple[int, float]], words: int
+    ) -> list[tuple[int, float]]:
+        """The shortest prefix of ``kept`` (token, probability) that decodes to ``words`` words."""
+        for end in range(1, len(kept) + 1):
+            if len(self._tokenizer.decode([t for t, _ in kept[:end]]).split()) > words:
+                return kept[: end - 1]
+        return kept
 
     def _transcribe_full(self, audio: np.ndarray) -> Transcript:
         """faster-whisper's standard decode over the full 30 s window."""
