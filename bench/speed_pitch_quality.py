@@ -30,6 +30,12 @@ WER <= 0.10 within 0.75-1.5. Reported, never asserted.
 
     .venv/bin/python bench/speed_pitch_quality.py [--pitch-method engine|psola|world]
     .venv/bin/python bench/speed_pitch_quality.py --first-chunk [--ref-src /tmp/old/src]
+    .venv/bin/python bench/speed_pitch_quality.py --round-trip
+
+``--round-trip`` asks whether a lowered pitch scores low for the shifter or for the pitch
+it reaches: the engine's audio at pitch 1 through :class:`PitchShifter` once or twice
+(0.8; 1.25 then 0.8, which ends at the voice's own F0; 0.9 twice), DNSMOS OVRL, SIG and
+BAK for each.
 """
 
 from __future__ import annotations
@@ -243,6 +249,42 @@ def first_chunk(runs: int, ref_src: Path | None) -> None:
     )
 
 
+ROUND_TRIPS = [("1.0", []), ("0.8", [0.8]), ("1.25", [1.25]), ("1.25 then 0.8 (net 1.0)", [1.25, 0.8]),
+               ("0.8 then 1.25 (net 1.0)", [0.8, 1.25]), ("0.9", [0.9]), ("0.9 twice (net 0.81)", [0.9, 0.9]),
+               ("0.75", [0.75]), ("0.5", [0.5])]  # fmt: skip
+
+
+async def round_trip() -> None:
+    """DNSMOS of the shifter applied once or twice (see the module doc)."""
+    from speechmos import dnsmos
+
+    from pipecat_vibevoice.engine import TTSConfig, TTSEngine
+    from pipecat_vibevoice.engine.pitch import PitchShifter
+
+    def scores(clips: list[np.ndarray]) -> str:
+        runs = [dnsmos.run(np.clip(c, -1, 1).astype(np.float32), RATE) for c in clips]
+        mean = {k: np.mean([r[k] for r in runs]) for k in ("ovrl_mos", "sig_mos", "bak_mos")}
+        return f"{mean['ovrl_mos']:.2f} | {mean['sig_mos']:.2f} | {mean['bak_mos']:.2f}"
+
+    started = time.perf_counter()
+    engine = TTSEngine(TTSConfig(engine="piper", sample_rate=RATE))
+    await engine.initialize()
+    try:
+        base = await engine_clips(engine, 1.0, 1.0)
+    finally:
+        await engine.cleanup()
+    print("| pitch through the shifter | OVRL | SIG | BAK |\n|---|---|---|---|")
+    print(f"| plain Piper | {scores(plain_piper())} |")
+    for name, factors in ROUND_TRIPS:
+        clips = base
+        for factor in factors:
+            clips = [PitchShifter(RATE, factor).process(c, last=True) for c in clips]
+        print(f"| {name} | {scores(clips)} |", flush=True)
+    print(
+        f"\nrun time {time.perf_counter() - started:.0f} s; load average {os.getloadavg()[0]:.2f}"
+    )
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pitch-method", default="engine", choices=["engine", "psola", "world"])
@@ -253,8 +295,14 @@ async def main() -> None:
     parser.add_argument("--first-chunk", action="store_true", help="first-chunk times instead")
     parser.add_argument("--ref-src", type=Path, help="with --first-chunk: older code's src/")
     parser.add_argument("--runs", type=int, default=20, help="with --first-chunk: runs per row")
+    parser.add_argument(
+        "--round-trip", action="store_true", help="the shifter once or twice: shifter or F0?"
+    )
     parser.add_argument("--first-chunk-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.round_trip:
+        await round_trip()
+        return
     if args.first_chunk_worker:
         await first_chunk_worker()
         return
