@@ -23,6 +23,10 @@ Per utterance, measured at the client:
   that follows it late until the burst has caught up, so it counts a stall several times;
 * busy: items the server refused with ``busy`` (its ``max_active_syntheses``).
 
+Clients all start at the same instant, so their first sentences arrive together (a
+burst no real traffic is likely to match); ``--stagger-s S`` spreads their joining
+evenly over S seconds instead.
+
 Per level, at the server: ``cpu/aud`` is the server's CPU seconds per second of audio
 delivered (the cost, hardly disturbed by other load) and ``cpu/wall`` the cores it got
 on average: on a shared machine, a ``cpu/wall`` well under the core count means other
@@ -130,9 +134,11 @@ async def one_client(
     rate_hint: int,
     pace: bool,
     threshold_s: float = 0.0,
+    start_after_s: float = 0.0,
 ) -> None:
     from websockets.asyncio.client import connect
 
+    await asyncio.sleep(start_after_s)
     async with connect(url, max_size=None) as ws:
         ready = json.loads(await ws.recv())
         rate = int(ready.get("sample_rate", rate_hint))
@@ -176,12 +182,21 @@ async def one_client(
 
 
 async def run_level(
-    url: str, clients: int, sentences: int, pace: bool, threshold_s: float = 0.0
+    url: str,
+    clients: int,
+    sentences: int,
+    pace: bool,
+    threshold_s: float = 0.0,
+    stagger_s: float = 0.0,
 ) -> tuple[Stats, float]:
+    """``clients`` at once; with ``stagger_s`` they join evenly spread over that time."""
     stats = Stats()
     started = time.perf_counter()
     await asyncio.gather(
-        *(one_client(url, n, sentences, stats, 24000, pace, threshold_s) for n in range(clients))
+        *(
+            one_client(url, n, sentences, stats, 24000, pace, threshold_s, n * stagger_s / clients)
+            for n in range(clients)
+        )
     )
     return stats, time.perf_counter() - started
 
@@ -264,7 +279,7 @@ async def main_async(args: argparse.Namespace) -> None:
         for clients in args.clients:
             cpu0 = server_cpu(proc)
             stats, wall = await run_level(
-                url, clients, args.sentences, args.pace, args.underrun_ms / 1000
+                url, clients, args.sentences, args.pace, args.underrun_ms / 1000, args.stagger_s
             )
             cpu = server_cpu(proc) - cpu0
             f = stats.first_chunk_ms
@@ -282,7 +297,8 @@ async def main_async(args: argparse.Namespace) -> None:
             for value in r:
                 later.remove(value)
             print(
-                f"{'':>7} of which the first sentences ({len(r)}, sent at once): ttfc p95 "
+                f"{'':>7} of which the first sentences ({len(r)}, "
+                f"{'sent at once' if not args.stagger_s else f'over {args.stagger_s:g} s'}): ttfc p95 "
                 f"{pct(r, 95):.0f} ms, {stats.first_round_underruns} underruns; the other "
                 f"{rest}: ttfc p95 {pct(later, 95):.0f} ms, "
                 f"{stats.underruns - stats.first_round_underruns} underruns",
@@ -324,6 +340,12 @@ def main() -> None:
         type=float,
         default=0.0,
         help="shortest dry gap of the client's player counted as an underrun (0: any)",
+    )
+    parser.add_argument(
+        "--stagger-s",
+        type=float,
+        default=0.0,
+        help="clients join evenly over this many seconds (0: all at the same instant)",
     )
     parser.add_argument("--url", default=None, help="measure this server instead of starting one")
     asyncio.run(main_async(parser.parse_args()))
