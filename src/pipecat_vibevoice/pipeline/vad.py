@@ -101,8 +101,9 @@ class SharedSileroVADAnalyzer(SileroVADAnalyzer):
     replayed the last :data:`WARMUP_WINDOWS` skipped windows so that its recurrent state
     is the one it would have had. Each skipped window is replayed at most once, so the
     model never runs more often than Pipecat's own analyzer would. ``model_windows`` and
-    ``skipped_windows`` count the windows scored and skipped. Between a listener's turns most windows are
-    quiet: with 8 conversations, Silero had been a sixth of the event loop's work.
+    ``skipped_windows`` count the windows scored and skipped. Between a user's turns most
+    windows are quiet: with 8 conversations, the VAD had been a quarter of the event
+    loop's work (py-spy), most of it Silero.
     """
 
     def __init__(
