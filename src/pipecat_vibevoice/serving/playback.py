@@ -14,6 +14,8 @@ one is due, and into the outcome that :mod:`.record` counts and stores.
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from ..engine import EmptyTextError, TextTooLongError, TTSEngine, UnknownVoiceError
@@ -62,46 +64,42 @@ class UtterancePlayback:
         self.log = log
 
     async def play(self, utterance: Utterance) -> None:
-        """Serve ``utterance`` to its end; raises only ``ClientGone`` and cancellation."""
+        """Serve ``utterance`` to its end; raises only ``ClientGone`` and cancellation.
+
+        The store row is queued before the client hears how the utterance ended
+        (``done`` or ``error``): a client that has seen the end finds its row once the
+        store is flushed.
+        """
         state, metrics = self.state, self.state.metrics
         stats = StreamStats()
         outcome = Outcome()
         complete = not utterance.open
         utterance.streamed = not complete
+        ending: Callable[[], Awaitable[None]] | None = None
         try:
             voice = outcome.voice = self.engine.resolve_voice(utterance.voice)
             stream = UtteranceStream(
                 utterance, voice, stats, state=state, engine=self.engine, send=self.send
             )
-            key = None
+            key, hit = None, None
             if complete and state.cache.cacheable(utterance.text.text):
                 key = self._cache_key(utterance, voice)
                 hit = await self._lookup(key)
                 metrics.cache_requests.labels("hit" if hit else "miss").inc()
-                if hit is not None:
-                    outcome.cache_hit = True
-                    await stream.replay(hit)
-                    return
-            if not await state.syntheses.acquire(self.settings.admission_wait_s):
-                raise Busy()
-            metrics.active_syntheses.inc()
-            try:
-                collected = await stream.synthesize(keep=key is not None)
-            finally:
-                state.syntheses.release()
-                metrics.active_syntheses.dec()
-            entry = CachedAudio(tuple(collected)) if key is not None and collected else None
-            if entry is not None:
-                state.cache.put(key, entry)  # before ``done``: the next request hits
-            await stream.done(cached=False)
-            if entry is not None:
-                state.cache.persist(key, entry)
+            if hit is not None:
+                outcome.cache_hit = True
+                await stream.replay(hit)
+            else:
+                await self._synthesize(stream, key)
+            ending = functools.partial(stream.done, cached=hit is not None)
         except Busy:
             outcome.kind, outcome.error = "busy", "no synthesis slot free"
-            await self.send.error("busy", "the server is at capacity; retry shortly", utterance.id)
+            ending = functools.partial(
+                self.send.error, "busy", "the server is at capacity; retry shortly", utterance.id
+            )
         except ValueError as exc:
             outcome.kind, outcome.error = "error", str(exc)
-            await self.send.error(error_reason(exc), str(exc), utterance.id)
+            ending = functools.partial(self.send.error, error_reason(exc), str(exc), utterance.id)
         except asyncio.CancelledError:
             outcome.kind = "disconnected" if self.send.gone else "cancelled"
             raise
@@ -111,11 +109,31 @@ class UtterancePlayback:
         except Exception as exc:
             outcome.kind, outcome.error = "error", repr(exc)
             self.log.exception(f"synthesis of utterance {utterance.id} failed")
-            await self.send.error("engine_error", f"synthesis failed: {exc}", utterance.id)
+            ending = functools.partial(
+                self.send.error, "engine_error", f"synthesis failed: {exc}", utterance.id
+            )
         finally:
             record_utterance(
                 state, self.engine, self.session_id, utterance, stats, outcome, self.log
             )
+        if ending is not None:
+            await ending()
+
+    async def _synthesize(self, stream: UtteranceStream, key: str | None) -> None:
+        """Synthesise in a slot of the server's; cache the result under ``key`` if given."""
+        state, metrics = self.state, self.state.metrics
+        if not await state.syntheses.acquire(self.settings.admission_wait_s):
+            raise Busy()
+        metrics.active_syntheses.inc()
+        try:
+            collected = await stream.synthesize(keep=key is not None)
+        finally:
+            state.syntheses.release()
+            metrics.active_syntheses.dec()
+        if key is not None and collected:
+            entry = CachedAudio(tuple(collected))
+            state.cache.put(key, entry)  # before ``done``: the next request hits
+            state.cache.persist(key, entry)  # in the background
 
     def _cache_key(self, utterance: Utterance, voice: str) -> str:
         identity = {**self.state.identity(self.engine), "options": utterance.options}

@@ -142,11 +142,10 @@ class UtteranceStream:
         )
 
     async def replay(self, hit: CachedAudio) -> None:
-        """A cache hit: ``started``, its chunks as stored, ``done``."""
+        """A cache hit: ``started`` and its chunks as stored (``done`` is the caller's)."""
         await self.started(cached=True)
         for chunk in hit.chunks:
             await self._emit(chunk, cached=True)
-        await self.done(cached=True)
 
     async def synthesize(self, keep: bool) -> list[CachedChunk]:
         """``started``, then the engine's chunks as they come; returns them when ``keep``.
