@@ -60,3 +60,14 @@ def test_invalid_values_name_the_field(kwargs: dict, message: str) -> None:
 def test_bad_environment_value_names_the_variable() -> None:
     with pytest.raises(ConfigError, match="PIPECAT_VIBEVOICE_SAMPLE_RATE"):
         TTSConfig.from_env({"PIPECAT_VIBEVOICE_SAMPLE_RATE": "fast"})
+
+
+@pytest.mark.parametrize(
+    ("cores", "width", "threads"), [(2, 2, 1), (16, 4, 4), (2, 4, 1), (3, 2, 1)]
+)
+def test_model_calls_share_the_usable_cores(monkeypatch, cores, width, threads):
+    """Workers × threads per call stay within the cores this process may use."""
+    from pipecat_vibevoice.engine import workers
+
+    monkeypatch.setattr(workers, "usable_cores", lambda: float(cores))
+    assert workers.threads_per_call(width) == threads

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
+from ..server_load import usable_cores
 from .backends.base import AudioPiece, SpeechBackend, SynthesisRequest
 
 _END = object()
@@ -34,12 +34,12 @@ _END = object()
 
 def pool_width(backend: SpeechBackend) -> int:
     """Worker threads: up to 4 (CPU-bound backends), at least what a batching backend serves."""
-    workers = max(1, min(4, os.cpu_count() or 2))
+    workers = max(1, min(4, int(usable_cores())))
     return max(workers, backend.concurrent_streams() or 0)
 
 
 def threads_per_call(width: int) -> int:
-    """Intra-op threads for one model call: the cores shared among ``width`` workers.
+    """Intra-op threads for one model call: the usable cores shared among ``width`` workers.
 
     Workers already run calls side by side, so a call that also spreads over every core
     oversubscribes them under load: on the project's 2-core box, Piper with 2 threads per
@@ -47,7 +47,7 @@ def threads_per_call(width: int) -> int:
     sentences), while its first window came only 0-10 ms sooner. ``width × threads``
     stays within the cores.
     """
-    return max(1, (os.cpu_count() or 1) // max(1, width))
+    return max(1, int(usable_cores()) // max(1, width))
 
 
 class _SerialIterator:
