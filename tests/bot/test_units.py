@@ -64,6 +64,11 @@ def test_loop_guard_spots_restarted_sentences():
     assert looks_looped("Can you hear me? Can you hear me")
     assert looks_looped("Tell me a story about a dog. Tell me")
     assert not looks_looped("Stop, please. Tell me a story about a brave dog instead.")
+    # Only a word-for-word copy to the end is cut; a sentence that merely begins like
+    # an earlier one may be what the user said, and gets the full-window redo.
+    assert loop_start("Tell me a story about a dog. Tell me") == 7
+    assert looks_looped("I want a pizza. I want it large.")
+    assert loop_start("I want a pizza. I want it large.") is None
 
 
 def test_a_repeated_sentence_is_cut_before_the_repeat_at_a_token():

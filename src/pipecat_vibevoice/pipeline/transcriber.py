@@ -61,26 +61,46 @@ class Transcript:
 # -- decoding helpers ---------------------------------------------------------------
 
 
-def loop_start(text: str) -> int | None:
-    """Where a sentence restarts a previous one ("Can you hear me? Can you hear"), in
-    words, or ``None``.
-
-    Such repeats are the decoder looping over a short window's silence: what comes
-    before the restart is the transcript.
-    """
+def _restarts(text: str) -> tuple[list[str], list[tuple[int, int]]]:
+    """Normalised words, and (earlier start, restart) pairs of sentences that begin alike."""
     words = text.split()
     norm = [w.strip(".,!?;:").lower() for w in words]
     starts = [i for i in range(len(words)) if i == 0 or words[i - 1][-1:] in ".!?"]
-    for a, i in enumerate(starts):
-        for j in starts[a + 1 :]:
-            if j + 2 <= len(norm) and norm[i : i + 2] == norm[j : j + 2]:
-                return j
-    return None
+    pairs = [
+        (i, j)
+        for a, i in enumerate(starts)
+        for j in starts[a + 1 :]
+        if j + 2 <= len(norm) and norm[i : i + 2] == norm[j : j + 2]
+    ]
+    return norm, pairs
 
 
 def looks_looped(text: str) -> bool:
-    """True when a sentence restarts a previous one (see :func:`loop_start`)."""
-    return loop_start(text) is not None
+    """True when a sentence restarts a previous one ("Can you hear me? Can you hear").
+
+    Such repeats are usually the decoder looping; a false alarm costs a full-window
+    decode (:meth:`Transcriber._read_result`).
+    """
+    return bool(_restarts(text)[1])
+
+
+def loop_start(text: str) -> int | None:
+    """Where the text starts copying an earlier sentence word for word to its end, in
+    words ("Please explain how a rainbow is formed. Please explain how a rainbow is" →
+    7), or ``None``.
+
+    That is the decoder looping over a short window's silence, and what comes before
+    is the transcript; the copy may stop inside its last word. A sentence that only
+    begins like an earlier one ("I want a pizza. I want it large.") is not a copy: it
+    may be what the user said.
+    """
+    norm, pairs = _restarts(text)
+    for i, j in pairs:
+        copy, original = norm[j:], norm[i : i + len(norm) - j]
+        # The copy may stop inside its last word ("rain" of "rainbow").
+        if copy[:-1] == original[:-1] and original[-1].startswith(copy[-1]):
+            return j
+    return None
 
 
 def last_word_probability(tokens: list[str], probabilities: list[float]) -> float | None:
@@ -407,15 +427,15 @@ class Transcriber:
         text = self._tokenizer.decode(tokens).strip()
         restart = loop_start(text)
         if restart is not None and len(tokens) < token_limit - 1:
-            # A sentence repeated, then the end of text: keep what came before the
-            # repeat (the same words a full-window redo gives, ~0.5 s of CPU sooner;
-            # that redo held every queued final transcript behind it).
+            # A sentence copied word for word, then the end of text: keep what came
+            # before the copy (the words a full-window redo gives, ~0.5 s of CPU
+            # sooner; that redo held every queued final transcript behind it).
             kept = self._tokens_for_words(kept, restart)
             tokens = [t for t, _ in kept]
             text = self._tokenizer.decode(tokens).strip()
             self.loops_cut += 1
             logger.debug(f"windowed decode repeated itself; kept {text!r}")
-        elif len(tokens) >= token_limit - 1 or restart is not None:
+        elif len(tokens) >= token_limit - 1 or looks_looped(text):
             # No end of text within a plausible length: the short window made the
             # decoder loop. Redo it the standard way (full 30 s window).
             self.fallbacks += 1
