@@ -44,7 +44,7 @@ from bot_harness import PHRASES, machine, pct, start_bot, synthesize_phrases  # 
 from reliability_load import SessionResult, run_session  # noqa: E402
 
 GOALS = {"barge_p95_s": 0.300, "v2v_p95_s": 1.5, "refuse_within_s": 1.0}
-DEFAULT_SESSIONS = (1, 2, 4, 6, 8, 12, 16)
+DEFAULT_SESSIONS = (1, 2, 4, 6, 8, 12, 16, 20)
 
 
 def meets_goals(row: dict[str, Any], barge_in: bool = True) -> bool:
