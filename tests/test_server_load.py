@@ -93,6 +93,28 @@ def test_the_cost_of_a_conversation_is_learned_from_what_the_process_uses():
     assert admission.session_cores >= 0.1 * admission.session_cores
 
 
+def test_the_cost_is_learned_at_the_most_conversations_seen_recently():
+    """Four conversations cost more each than eight (shared work): once eight have been
+    measured, a spell at four must not make the ninth look unaffordable."""
+    monitor = SetMonitor(cores=2.0)
+    admission = Admission(monitor, budget_share=0.8, prior_session_cores=0.2, learn_secs=5.0)
+    monitor.feed(0.0)
+    admission.note_sessions(4)
+    monitor.feed(4 * 0.25, machine_share=0.7)
+    assert admission.session_cores == pytest.approx(0.25, rel=0.02)
+    admission.note_sessions(8)
+    monitor.feed(8 * 0.15, machine_share=0.8)
+    assert admission.session_cores == pytest.approx(0.15, rel=0.02)
+    admission.note_sessions(4)  # below the peak: not learned
+    monitor.feed(4 * 0.25, machine_share=0.7)
+    assert admission.session_cores == pytest.approx(0.15, rel=0.02)
+    assert admission.capacity() == 10  # 1.6 / 0.15
+    # The peak is forgotten after peak_secs: the workload may have changed since.
+    admission._peak_at -= admission._peak_secs
+    monitor.feed(4 * 0.25, machine_share=0.7)
+    assert admission.session_cores == pytest.approx(0.25, rel=0.02)
+
+
 async def test_the_monitor_measures_this_process_and_the_loop():
     """Whatever else the machine runs: the CPU this process used is what the samples
     add up to, and a loop blocked for 0.25 s shows at least that much lag."""

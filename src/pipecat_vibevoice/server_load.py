@@ -29,6 +29,12 @@ how often people talk all move it), so it is measured while the server runs.
   (interim transcripts). On the project's 2-core box one conversation alone measured
   0.27 cores and eight at once 0.16 each.
 
+  For the same reason the cost is learned only at the most conversations seen under
+  load in the last ``peak_secs``: a conversation costs less the more there are (final
+  transcripts decoded together, optional work shed), so what four cost each says too
+  much about the eighth. Learned at four (0.21-0.22 cores each), the bot refused the
+  eighth conversation that the box serves to the goals.
+
 Both report to ``/health`` (``load``) and ``/metrics``, so a load balancer or an
 autoscaler reads the same signal the server admits by. Nothing here imports Pipecat.
 """
@@ -210,6 +216,7 @@ class Admission:
         max_loop_lag_ms: float = 150.0,
         max_probe: dict[str, float] | None = None,
         learn_secs: float = 30.0,
+        peak_secs: float = 600.0,
         enabled: bool = True,
     ) -> None:
         if not 0 < budget_share <= 1:
@@ -225,6 +232,9 @@ class Admission:
         self.session_cores = prior_session_cores
         self._idle_cores = 0.0
         self._learn_secs = learn_secs
+        self._peak_secs = peak_secs
+        self._peak_sessions = 0  # most conversations learned at, recently
+        self._peak_at = float("-inf")
         self._sessions = 0
         self.refused: dict[str, int] = {}
         monitor.add_listener(self._learn)
@@ -292,6 +302,10 @@ class Admission:
             return
         if self.monitor.smoothed_busy_share < SLACK_SHARE:
             return  # slack: the cost under load is what capacity needs (module doc)
+        now = time.monotonic()
+        if self._sessions < self._peak_sessions and now - self._peak_at < self._peak_secs:
+            return  # fewer than the recent peak: dearer each than near capacity (module doc)
+        self._peak_sessions, self._peak_at = self._sessions, now
         per_session = max(0.0, sample.process_cores - self._idle_cores) / self._sessions
         # Never learn a cost below a tenth of the prior: a room of idle sessions says
         # little about what they cost once they talk.
