@@ -4,7 +4,7 @@ Every grid setting (speed 0.5-2.0 at pitch 1, pitch 0.5-2.0 at speed 1, 0.25 ste
 is spoken by our streaming engine (Piper, 16 kHz, 80 ms chunks, ``seed`` per sentence)
 on six held-out sentences (none of the test phrases) and scored, in the same run,
 against plain Piper (``PiperVoice.synthesize`` at its default settings, resampled to
-16 kHz):
+16 kHz, its noise seeded like the rows': sentence i takes ``--seed`` + i, default 0):
 
 * DNSMOS OVRL (``speechmos.dnsmos.run``; its ONNX models ship in the package, nothing
   is downloaded), the mean over the sentences;
@@ -99,28 +99,57 @@ class Scorer:
         return float(np.mean(mos)), float(wer)
 
 
-def plain_piper() -> list[np.ndarray]:
+def plain_piper(seed: int | None = None) -> list[np.ndarray]:
+    """``PiperVoice.synthesize`` at its defaults; with ``seed``, sentence i's noise is fixed.
+
+    VITS samples its duration and prior noise inside the graph, so an unseeded plain
+    Piper moves by ~0.1 OVRL between runs and a row's difference from it is partly
+    noise. Seeded, sentence i gets the noise of ``seed + i``, the very seeds
+    :func:`engine_clips` passes the engine (``stamp_seed`` numbers the graph's noise
+    nodes as ``streaming_vits`` does for the engine's front half), so plain and every
+    row differ only by the control. onnxruntime replays a seed only on a fresh
+    session's first run: one session per sentence.
+    """
+    import onnx
+    import onnxruntime as ort
     from piper import PiperVoice
+    from streaming_vits.graph import _stamp_seed as stamp_seed
 
     from pipecat_vibevoice.engine.backends.piper import bundled_voice_files
 
     model, config = bundled_voice_files()
     voice = PiperVoice.load(model, config)
+    graph = onnx.load(str(model)) if seed is not None else None
     clips = []
-    for text in SENTENCES:
+    for i, text in enumerate(SENTENCES):
+        if graph is not None:
+            seeded = onnx.ModelProto()
+            seeded.CopyFrom(graph)
+            stamp_seed(seeded, seed + i)
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = 2
+            voice.session = ort.InferenceSession(
+                seeded.SerializeToString(), options, providers=["CPUExecutionProvider"]
+            )
         chunks = list(voice.synthesize(text))
         audio = np.concatenate([c.audio_float_array for c in chunks])
         clips.append(soxr.resample(audio, chunks[0].sample_rate, RATE, quality="HQ"))
     return clips
 
 
-async def engine_clips(engine, speed: float = 1.0, pitch: float = 1.0) -> list[np.ndarray]:
+async def engine_clips(
+    engine, speed: float = 1.0, pitch: float = 1.0, seed: int = 0
+) -> list[np.ndarray]:
+    """The engine's audio for every sentence; sentence i is spoken with seed ``seed + i``."""
     from pipecat_vibevoice.engine.audio import pcm16_to_float
 
     clips = []
     for i, text in enumerate(SENTENCES):
         pcm = b"".join(
-            [c.pcm async for c in engine.stream_chunks(text, speed=speed, pitch=pitch, seed=i)]
+            [
+                c.pcm
+                async for c in engine.stream_chunks(text, speed=speed, pitch=pitch, seed=seed + i)
+            ]
         )
         clips.append(pcm16_to_float(pcm))
     return clips
@@ -254,7 +283,7 @@ ROUND_TRIPS = [("1.0", []), ("0.8", [0.8]), ("1.25", [1.25]), ("1.25 then 0.8 (n
                ("0.75", [0.75]), ("0.5", [0.5])]  # fmt: skip
 
 
-async def round_trip() -> None:
+async def round_trip(seed: int) -> None:
     """DNSMOS of the shifter applied once or twice (see the module doc)."""
     from speechmos import dnsmos
 
@@ -270,11 +299,12 @@ async def round_trip() -> None:
     engine = TTSEngine(TTSConfig(engine="piper", sample_rate=RATE))
     await engine.initialize()
     try:
-        base = await engine_clips(engine, 1.0, 1.0)
+        base = await engine_clips(engine, 1.0, 1.0, seed)
     finally:
         await engine.cleanup()
+    print(f"seed {seed} (sentence i: {seed} + i), plain Piper seeded alike")
     print("| pitch through the shifter | OVRL | SIG | BAK |\n|---|---|---|---|")
-    print(f"| plain Piper | {scores(plain_piper())} |")
+    print(f"| plain Piper | {scores(plain_piper(seed))} |")
     for name, factors in ROUND_TRIPS:
         clips = base
         for factor in factors:
@@ -298,10 +328,13 @@ async def main() -> None:
     parser.add_argument(
         "--round-trip", action="store_true", help="the shifter once or twice: shifter or F0?"
     )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="sentence i (plain Piper and every row): seed + i"
+    )
     parser.add_argument("--first-chunk-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.round_trip:
-        await round_trip()
+        await round_trip(args.seed)
         return
     if args.first_chunk_worker:
         await first_chunk_worker()
@@ -316,12 +349,12 @@ async def main() -> None:
 
     started, load0 = time.perf_counter(), os.getloadavg()
     scorer = Scorer()
-    plain_mos, plain_wer = scorer.score(plain_piper())
+    plain_mos, plain_wer = scorer.score(plain_piper(args.seed))
     engine = TTSEngine(TTSConfig(engine="piper", sample_rate=RATE))
     await engine.initialize()
     rows: list[tuple[str, float, float, float]] = []
     try:
-        base = await engine_clips(engine, 1.0, 1.0)
+        base = await engine_clips(engine, 1.0, 1.0, args.seed)
         for kind in args.kinds.split(","):
             for value in grid:
                 if kind == "pitch" and args.pitch_method != "engine" and value != 1.0:
@@ -330,7 +363,7 @@ async def main() -> None:
                     clips = base
                 else:
                     settings = {"speed": value} if kind == "speed" else {"pitch": value}
-                    clips = await engine_clips(engine, **settings)
+                    clips = await engine_clips(engine, **settings, seed=args.seed)
                 mos, wer = scorer.score(clips)
                 rows.append((kind, value, mos, wer))
                 print(f"  {kind} {value:.2f}: OVRL {mos:.2f} WER {wer:.3f}", flush=True)
@@ -339,6 +372,7 @@ async def main() -> None:
     elapsed, load1 = time.perf_counter() - started, os.getloadavg()
 
     print(f"\npitch method: {args.pitch_method}")
+    print(f"seed {args.seed} (sentence i: {args.seed} + i; plain Piper and every row alike)")
     print(f"plain Piper: OVRL {plain_mos:.2f}, WER {plain_wer:.3f}")
     print("| setting | DNSMOS OVRL | Δ vs plain | WER |")
     print("|---|---|---|---|")
