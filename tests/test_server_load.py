@@ -7,7 +7,13 @@ import time
 
 import pytest
 
-from pipecat_vibevoice.server_load import Admission, LoadMonitor, LoadSample, read_machine_cpu
+from pipecat_vibevoice.server_load import (
+    MIN_SAMPLES,
+    Admission,
+    LoadMonitor,
+    LoadSample,
+    read_machine_cpu,
+)
 
 
 class SetMonitor(LoadMonitor):
@@ -76,43 +82,63 @@ def test_an_overloaded_server_refuses_whatever_the_estimate_says(sample, why):
     assert report["admits"] is False and why in report["reason"]
 
 
-def test_the_cost_of_a_conversation_is_learned_from_what_the_process_uses():
+def test_the_cost_is_a_line_through_what_the_process_used_at_each_count():
+    """A conversation costs less the more there are (shared work): the capacity comes
+    from the line through the measured counts, not from what four cost each."""
     monitor = SetMonitor(cores=2.0)
-    admission = Admission(monitor, budget_share=0.8, prior_session_cores=0.1, learn_secs=5.0)
-    monitor.feed(0.05)  # idle: the baseline
+    admission = Admission(monitor, budget_share=0.75, prior_session_cores=0.18, learn_secs=5.0)
+    assert admission.cost_line() == (0.0, 0.18)  # nothing measured: the prior
+    monitor.feed(0.02)  # idle: the baseline
     admission.note_sessions(4)
-    # With slack on the machine nothing is learned: bursts that do not overlap and
-    # optional work make a conversation look dearer than it is once the box is full.
-    monitor.feed(0.05 + 4 * 0.3, machine_share=0.4)
-    assert admission.session_cores == pytest.approx(0.1)
-    monitor.feed(0.05 + 4 * 0.3, machine_share=0.7)  # busy: four at 0.3 cores each
-    assert admission.session_cores == pytest.approx(0.3, rel=0.02)
-    assert admission.capacity() == int((1.6 - 0.05) / admission.session_cores)
-    # Idle sessions never make a conversation look free.
-    monitor.feed(0.05)
-    assert admission.session_cores >= 0.1 * admission.session_cores
+    monitor.feed(0.2 + 4 * 0.15)  # 0.2 cores each at four
+    # One count: the prior's slope, through the point measured.
+    base, cost = admission.cost_line()
+    assert cost == 0.18 and base == pytest.approx(0.8 - 4 * 0.18, rel=1e-6)
+    admission.note_sessions(7)
+    monitor.feed(0.2 + 7 * 0.15)
+    base, cost = admission.cost_line()
+    assert base == pytest.approx(0.2, rel=0.02) and cost == pytest.approx(0.15, rel=0.02)
+    # 0.2 + 8 × 0.15 = 1.4 fits in 1.5 cores; nine (1.55) do not. Four at 0.2 each
+    # would have said seven.
+    assert admission.capacity() == 8
+    assert admission.check(7) is None and admission.check(8).reason == "at capacity"
+    report = admission.report(7)
+    assert report["session_cost_cores"] == pytest.approx(0.15, rel=0.02)
+    assert report["base_cores"] == pytest.approx(0.2, rel=0.02)
 
 
-def test_the_cost_is_learned_at_the_most_conversations_seen_recently():
-    """Four conversations cost more each than eight (shared work): once eight have been
-    measured, a spell at four must not make the ninth look unaffordable."""
+def test_a_new_count_starts_on_the_line_and_old_counts_are_forgotten():
     monitor = SetMonitor(cores=2.0)
-    admission = Admission(monitor, budget_share=0.8, prior_session_cores=0.2, learn_secs=5.0)
-    monitor.feed(0.0)
+    admission = Admission(
+        monitor, budget_share=0.75, prior_session_cores=0.18, learn_secs=30.0, forget_secs=60.0
+    )
     admission.note_sessions(4)
-    monitor.feed(4 * 0.25, machine_share=0.7)
-    assert admission.session_cores == pytest.approx(0.25, rel=0.02)
+    monitor.feed(0.2 + 4 * 0.15, times=400)
+    admission.note_sessions(7)
+    monitor.feed(0.2 + 7 * 0.15, times=400)
+    assert admission.capacity() == 8
+    # Five new sessions, still silent: nothing changes before MIN_SAMPLES.
+    admission.note_sessions(12)
+    monitor.feed(0.05, times=MIN_SAMPLES - 1)
+    assert admission.capacity() == 8
+    # A count that costs what the line predicts leaves the line where it is.
+    admission.note_sessions(10)
+    monitor.feed(0.2 + 10 * 0.15, times=400)
+    assert admission.capacity() == 8
+    # A day later nothing measured then counts: the workload may differ.
+    for mean in admission._cores_at.values():
+        mean.updated -= 61.0
+    assert admission.cost_line() == (0.0, 0.18)
+
+
+def test_idle_sessions_never_make_a_conversation_look_free():
+    monitor = SetMonitor(cores=2.0)
+    admission = Admission(monitor, prior_session_cores=0.2, learn_secs=5.0)
+    admission.note_sessions(1)
+    monitor.feed(0.3)
     admission.note_sessions(8)
-    monitor.feed(8 * 0.15, machine_share=0.8)
-    assert admission.session_cores == pytest.approx(0.15, rel=0.02)
-    admission.note_sessions(4)  # below the peak: not learned
-    monitor.feed(4 * 0.25, machine_share=0.7)
-    assert admission.session_cores == pytest.approx(0.15, rel=0.02)
-    assert admission.capacity() == 10  # 1.6 / 0.15
-    # The peak is forgotten after peak_secs: the workload may have changed since.
-    admission._peak_at -= admission._peak_secs
-    monitor.feed(4 * 0.25, machine_share=0.7)
-    assert admission.session_cores == pytest.approx(0.25, rel=0.02)
+    monitor.feed(0.3)  # eight cost what one did
+    assert admission.session_cores == pytest.approx(0.05)  # a quarter of the prior
 
 
 async def test_the_monitor_measures_this_process_and_the_loop():

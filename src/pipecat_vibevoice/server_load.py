@@ -19,21 +19,23 @@ how often people talk all move it), so it is measured while the server runs.
 * a hard ``max_sessions`` cap, if set;
 * refuse while the server is already **overloaded** now (machine CPU above the budget,
   the event loop late, or speech recognition behind);
-* else refuse if one more conversation would not fit: ``(sessions + 1) ×
-  cost per session > budget × cores``. The cost per session starts at
-  ``prior_session_cores`` and is then learned from this process's own CPU while it
-  serves and the machine has no slack (a slow average, so a burst of new, still silent
-  sessions does not make a conversation look cheap). With slack a conversation's CPU
-  says little about how many more fit: its bursts (a reply rendered ahead, a final
-  transcript) rarely overlap others' and it also does the optional work shed under load
-  (interim transcripts). On the project's 2-core box one conversation alone measured
-  0.27 cores and eight at once 0.16 each.
+* else refuse if one more conversation would not fit: ``base + (sessions + 1) ×
+  cost per conversation > budget × cores``.
 
-  For the same reason the cost is learned only at the most conversations seen under
-  load in the last ``peak_secs``: a conversation costs less the more there are (final
-  transcripts decoded together, optional work shed), so what four cost each says too
-  much about the eighth. Learned at four (0.21-0.22 cores each), the bot refused the
-  eighth conversation that the box serves to the goals.
+The line ``base + n × cost`` is learned from this process's own CPU while it serves:
+a slow average (``learn_secs``) of its cores at each number of live conversations seen
+in the last ``forget_secs``, and a least-squares line through those points (each
+weighed by its samples up to two averaging spans, so a long spell at one count does not
+outweigh the others and a new count only nudges the line). Before two
+counts have been measured the cost is ``prior_session_cores`` (with one count, on a
+line through it). A line, not ``n × average``, because a conversation costs less the more there
+are: final transcripts are decoded together and optional work (interim transcripts) is
+shed under load. On the project's 2-core box the bot measured about ``0.15 + 0.147 n``
+cores (0.29 alone, 1.17 at seven); its average at four (0.22 each) refused an eighth
+conversation that the box serves to the goals. A new count counts after
+``MIN_SAMPLES`` samples and then only nudges the line, so a burst of new, still silent
+sessions makes a conversation look cheap only slowly; a room of sessions silent for
+long does look cheaper, and the overload signals are the backstop then.
 
 Both report to ``/health`` (``load``) and ``/metrics``, so a load balancer or an
 autoscaler reads the same signal the server admits by. Nothing here imports Pipecat.
@@ -80,6 +82,15 @@ def read_machine_cpu() -> tuple[float, float] | None:
 
 #: Below this busy share (smoothed) the machine has room for optional work.
 SLACK_SHARE = 0.6
+#: Samples (of ``sample_secs``) at one number of conversations before it counts.
+MIN_SAMPLES = 20
+#: Share of the cores conversations may take in all: room for the bursts of
+#: conversations that talk at once. On the project's 2-core box it admits the 8
+#: conversations served to the goals there (README, capacity curve).
+DEFAULT_BUDGET_SHARE = 0.75
+#: Cores one more conversation is assumed to take until measured: a little over the
+#: 0.15 measured on that box.
+DEFAULT_SESSION_CORES = 0.18
 
 
 @dataclass(frozen=True)
@@ -203,6 +214,21 @@ class Refusal:
     message: str
 
 
+@dataclass
+class _MeanCores:
+    """The process's cores at one number of live conversations: the mean of its first
+    samples, then a slow average (``alpha`` per sample)."""
+
+    value: float = 0.0
+    samples: int = 0
+    updated: float = float("-inf")
+
+    def add(self, cores: float, alpha: float, now: float) -> None:
+        self.samples += 1
+        self.value += max(alpha, 1.0 / self.samples) * (cores - self.value)
+        self.updated = now
+
+
 class Admission:
     """Whether one more conversation fits (see the module doc)."""
 
@@ -210,13 +236,13 @@ class Admission:
         self,
         monitor: LoadMonitor,
         *,
-        budget_share: float = 0.8,
-        prior_session_cores: float = 0.2,
+        budget_share: float = DEFAULT_BUDGET_SHARE,
+        prior_session_cores: float = DEFAULT_SESSION_CORES,
         max_sessions: int = 0,
         max_loop_lag_ms: float = 150.0,
         max_probe: dict[str, float] | None = None,
         learn_secs: float = 30.0,
-        peak_secs: float = 600.0,
+        forget_secs: float = 600.0,
         enabled: bool = True,
     ) -> None:
         if not 0 < budget_share <= 1:
@@ -229,12 +255,11 @@ class Admission:
         self.max_loop_lag_ms = max_loop_lag_ms
         self.max_probe = dict(max_probe or {})
         self.enabled = enabled
-        self.session_cores = prior_session_cores
+        self.prior_session_cores = prior_session_cores
         self._idle_cores = 0.0
         self._learn_secs = learn_secs
-        self._peak_secs = peak_secs
-        self._peak_sessions = 0  # most conversations learned at, recently
-        self._peak_at = float("-inf")
+        self._forget_secs = forget_secs
+        self._cores_at: dict[int, _MeanCores] = {}  # live conversations -> process cores
         self._sessions = 0
         self.refused: dict[str, int] = {}
         monitor.add_listener(self._learn)
@@ -244,10 +269,44 @@ class Admission:
         """Cores conversations may use in all."""
         return self.budget_share * self.monitor.cores
 
+    def cost_line(self) -> tuple[float, float]:
+        """``(base, per conversation)`` cores: the line ``base + n × cost`` (module doc)."""
+        now = time.monotonic()
+        # Each count weighs by its samples up to two averaging spans' worth: a new count
+        # (a burst of new sessions) nudges the line, established ones weigh alike.
+        full = 2 * self._learn_secs / self.monitor.sample_secs
+        points = [
+            (float(n), mean.value, min(float(mean.samples), full))
+            for n, mean in self._cores_at.items()
+            if mean.samples >= MIN_SAMPLES and now - mean.updated < self._forget_secs
+        ]
+        # Never below a quarter of the prior: a room of idle sessions says little about
+        # what they cost once they talk.
+        floor = 0.25 * self.prior_session_cores
+        if len(points) < 2:  # the prior's slope, through the one point measured if any
+            base = self._idle_cores
+            if points:
+                n, cores, _ = points[0]
+                base = max(base, cores - n * self.prior_session_cores)
+            return base, self.prior_session_cores
+        weight = sum(w for _, _, w in points)
+        mean_n = sum(n * w for n, _, w in points) / weight
+        mean_cores = sum(c * w for _, c, w in points) / weight
+        spread = sum(w * (n - mean_n) ** 2 for n, _, w in points)
+        slope = sum(w * (n - mean_n) * (c - mean_cores) for n, c, w in points) / spread
+        slope = max(slope, floor)
+        return max(0.0, mean_cores - slope * mean_n), slope
+
+    @property
+    def session_cores(self) -> float:
+        """Cores one more conversation costs (the learned line's slope)."""
+        return self.cost_line()[1]
+
     def capacity(self) -> int:
-        """Conversations that fit at the learned cost (the hard cap, if lower)."""
+        """Conversations that fit under the budget on the learned line (the hard cap, if lower)."""
+        base, cost = self.cost_line()
         # The epsilon: 1.4 / 0.2 is 6.999… in floating point, and 7 fit.
-        fit = int(max(0.0, self.budget_cores - self._idle_cores) / self.session_cores + 1e-9)
+        fit = int(max(0.0, self.budget_cores - base) / cost + 1e-9)
         return min(fit, self.max_sessions) if self.max_sessions else fit
 
     def note_sessions(self, sessions: int) -> None:
@@ -295,22 +354,16 @@ class Admission:
         return None
 
     def _learn(self, sample: LoadSample) -> None:
-        """Fold one CPU sample into the per-conversation cost (slow average)."""
+        """Fold one CPU sample into the mean at the current number of conversations."""
         alpha = min(1.0, self.monitor.sample_secs / self._learn_secs)
         if self._sessions == 0:
             self._idle_cores += alpha * (sample.process_cores - self._idle_cores)
             return
-        if self.monitor.smoothed_busy_share < SLACK_SHARE:
-            return  # slack: the cost under load is what capacity needs (module doc)
         now = time.monotonic()
-        if self._sessions < self._peak_sessions and now - self._peak_at < self._peak_secs:
-            return  # fewer than the recent peak: dearer each than near capacity (module doc)
-        self._peak_sessions, self._peak_at = self._sessions, now
-        per_session = max(0.0, sample.process_cores - self._idle_cores) / self._sessions
-        # Never learn a cost below a tenth of the prior: a room of idle sessions says
-        # little about what they cost once they talk.
-        floor = 0.1 * self.session_cores
-        self.session_cores += alpha * (max(per_session, floor) - self.session_cores)
+        mean = self._cores_at.get(self._sessions)
+        if mean is None or now - mean.updated >= self._forget_secs:
+            mean = self._cores_at[self._sessions] = _MeanCores()
+        mean.add(sample.process_cores, alpha, now)
 
     def report(self, sessions: int) -> dict[str, Any]:
         """The block ``/health`` shows (and ``/metrics`` exports)."""
@@ -322,6 +375,7 @@ class Admission:
             "sessions": sessions,
             "capacity": self.capacity(),
             "session_cost_cores": round(self.session_cores, 3),
+            "base_cores": round(self.cost_line()[0], 3),
             "budget_cores": round(self.budget_cores, 2),
             "cores": self.monitor.cores,
             "machine_cpu_share": round(sample.machine_busy_share, 3),

@@ -8,6 +8,7 @@ from typing import ClassVar, Literal
 
 from ..engine import TTSConfig
 from ..pipeline.config import BotConfig
+from ..server_load import DEFAULT_BUDGET_SHARE, DEFAULT_SESSION_CORES
 from ..serving.settings import ServingSettings
 from ..settings_base import EnvSettings, SettingsError
 
@@ -32,7 +33,8 @@ class ServerSettings(EnvSettings):
             would not fit the measured load (:mod:`pipecat_vibevoice.server_load`);
             ``off``: only ``max_sessions`` limits.
         load_budget: Share of the usable cores conversations may take in all (0..1].
-        session_cost_cores: Cores one conversation is assumed to take until this
+            See :data:`pipecat_vibevoice.server_load.DEFAULT_BUDGET_SHARE`.
+        session_cost_cores: Cores one more conversation is assumed to take until this
             server has measured it (it learns the real figure while it serves).
         allowed_origins: Browser origins allowed on every socket (``/ws``,
             ``/telephony/*``, ``/v1/tts/stream``) beyond pages of this server itself;
@@ -76,10 +78,11 @@ class ServerSettings(EnvSettings):
         metadata={"help": "'load': refuse new conversations that would not fit the measured load"},
     )
     load_budget: float = field(
-        default=0.8, metadata={"help": "share of the cores conversations may use, (0, 1]"}
+        default=DEFAULT_BUDGET_SHARE,
+        metadata={"help": "share of the cores conversations may use, (0, 1]"},
     )
     session_cost_cores: float = field(
-        default=0.2,
+        default=DEFAULT_SESSION_CORES,
         metadata={"help": "cores per conversation assumed until measured (then learned)"},
     )
     allowed_origins: str = field(
