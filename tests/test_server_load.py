@@ -8,8 +8,10 @@ import time
 import pytest
 
 from pipecat_vibevoice.server_load import (
+    MIN_COST_EXPONENT,
     MIN_SAMPLES,
     Admission,
+    CostCurve,
     LoadMonitor,
     LoadSample,
     read_machine_cpu,
@@ -82,53 +84,60 @@ def test_an_overloaded_server_refuses_whatever_the_estimate_says(sample, why):
     assert report["admits"] is False and why in report["reason"]
 
 
-def test_the_cost_is_a_line_through_what_the_process_used_at_each_count():
-    """A conversation costs less the more there are (shared work): the capacity comes
-    from the line through the measured counts, not from what four cost each."""
+def power(n: int) -> float:
+    """Cores at ``n`` conversations on a curve like the one measured on the 2-core box."""
+    return 0.37 * n**0.65
+
+
+def test_the_cost_is_a_curve_through_what_the_process_used_at_each_count():
+    """A conversation costs less the more there are (shared work): capacity comes from
+    the curve through the measured counts, not from what four cost each."""
     monitor = SetMonitor(cores=2.0)
     admission = Admission(monitor, budget_share=0.75, prior_session_cores=0.18, learn_secs=5.0)
-    assert admission.cost_line() == (0.0, 0.18)  # nothing measured: the prior
+    assert admission.cost_curve() == CostCurve(0.0, 0.18, 1.0)  # nothing measured: the prior
+    assert admission.capacity() == 8  # 1.5 cores / 0.18
     monitor.feed(0.02)  # idle: the baseline
     admission.note_sessions(4)
-    monitor.feed(0.2 + 4 * 0.15)  # 0.2 cores each at four
-    # One count: the prior's slope, through the point measured.
-    base, cost = admission.cost_line()
-    assert cost == 0.18 and base == pytest.approx(0.8 - 4 * 0.18, rel=1e-6)
-    admission.note_sessions(7)
-    monitor.feed(0.2 + 7 * 0.15)
-    base, cost = admission.cost_line()
-    assert base == pytest.approx(0.2, rel=0.02) and cost == pytest.approx(0.15, rel=0.02)
-    # 0.2 + 8 × 0.15 = 1.4 fits in 1.5 cores; nine (1.55) do not. Four at 0.2 each
-    # would have said seven.
+    monitor.feed(power(4))
+    # One count: the prior's cost, on a line through the point measured.
+    assert admission.cost_curve() == CostCurve(pytest.approx(power(4) - 4 * 0.18), 0.18, 1.0)
+    assert admission.capacity() == 7
+    for n in (1, 2, 6):
+        admission.note_sessions(n)
+        monitor.feed(power(n))
+    curve = admission.cost_curve()
+    assert curve.exponent == pytest.approx(0.65, abs=0.01)
+    assert curve.scale == pytest.approx(0.37, rel=0.02)
+    # 0.37 × 8 ** 0.65 = 1.42 cores fit in 1.5; nine (1.54) do not. Four at 0.23 each
+    # (or a straight line through these counts) would have said seven.
     assert admission.capacity() == 8
     assert admission.check(7) is None and admission.check(8).reason == "at capacity"
     report = admission.report(7)
-    assert report["session_cost_cores"] == pytest.approx(0.15, rel=0.02)
-    assert report["base_cores"] == pytest.approx(0.2, rel=0.02)
+    assert report["session_cost_cores"] == pytest.approx(power(8) - power(7), rel=0.05)
+    assert report["cost_curve"]["exponent"] == pytest.approx(0.65, abs=0.01)
 
 
-def test_a_new_count_starts_on_the_line_and_old_counts_are_forgotten():
+def test_a_new_count_only_nudges_the_curve_and_old_counts_are_forgotten():
     monitor = SetMonitor(cores=2.0)
     admission = Admission(
         monitor, budget_share=0.75, prior_session_cores=0.18, learn_secs=30.0, forget_secs=60.0
     )
-    admission.note_sessions(4)
-    monitor.feed(0.2 + 4 * 0.15, times=400)
-    admission.note_sessions(7)
-    monitor.feed(0.2 + 7 * 0.15, times=400)
+    for n in (2, 4, 7):
+        admission.note_sessions(n)
+        monitor.feed(power(n), times=400)
     assert admission.capacity() == 8
     # Five new sessions, still silent: nothing changes before MIN_SAMPLES.
     admission.note_sessions(12)
     monitor.feed(0.05, times=MIN_SAMPLES - 1)
     assert admission.capacity() == 8
-    # A count that costs what the line predicts leaves the line where it is.
+    # A count that costs what the curve predicts leaves it where it is.
     admission.note_sessions(10)
-    monitor.feed(0.2 + 10 * 0.15, times=400)
+    monitor.feed(power(10), times=400)
     assert admission.capacity() == 8
     # A day later nothing measured then counts: the workload may differ.
     for mean in admission._cores_at.values():
         mean.updated -= 61.0
-    assert admission.cost_line() == (0.0, 0.18)
+    assert admission.cost_curve() == CostCurve(0.0, 0.18, 1.0)
 
 
 def test_idle_sessions_never_make_a_conversation_look_free():
@@ -138,7 +147,10 @@ def test_idle_sessions_never_make_a_conversation_look_free():
     monitor.feed(0.3)
     admission.note_sessions(8)
     monitor.feed(0.3)  # eight cost what one did
-    assert admission.session_cores == pytest.approx(0.05)  # a quarter of the prior
+    curve = admission.cost_curve()
+    assert curve.exponent == MIN_COST_EXPONENT
+    assert admission.session_cores == pytest.approx(curve.cores(9) - curve.cores(8))
+    assert admission.session_cores > 0
 
 
 async def test_the_monitor_measures_this_process_and_the_loop():

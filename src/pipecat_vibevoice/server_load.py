@@ -19,23 +19,26 @@ how often people talk all move it), so it is measured while the server runs.
 * a hard ``max_sessions`` cap, if set;
 * refuse while the server is already **overloaded** now (machine CPU above the budget,
   the event loop late, or speech recognition behind);
-* else refuse if one more conversation would not fit: ``base + (sessions + 1) ×
-  cost per conversation > budget × cores``.
+* else refuse if one more conversation would not fit: its predicted cores at
+  ``sessions + 1`` conversations exceed ``budget × cores``.
 
-The line ``base + n × cost`` is learned from this process's own CPU while it serves:
-a slow average (``learn_secs``) of its cores at each number of live conversations seen
-in the last ``forget_secs``, and a least-squares line through those points (each
-weighed by its samples up to two averaging spans, so a long spell at one count does not
-outweigh the others and a new count only nudges the line). Before two
-counts have been measured the cost is ``prior_session_cores`` (with one count, on a
-line through it). A line, not ``n × average``, because a conversation costs less the more there
-are: final transcripts are decoded together and optional work (interim transcripts) is
-shed under load. On the project's 2-core box the bot measured about ``0.15 + 0.147 n``
-cores (0.29 alone, 1.17 at seven); its average at four (0.22 each) refused an eighth
-conversation that the box serves to the goals. A new count counts after
-``MIN_SAMPLES`` samples and then only nudges the line, so a burst of new, still silent
-sessions makes a conversation look cheap only slowly; a room of sessions silent for
-long does look cheaper, and the overload signals are the backstop then.
+The prediction (:class:`CostCurve`) is learned from this process's own CPU while it
+serves: a slow average (``learn_secs``) of its cores at each number of live
+conversations seen in the last ``forget_secs``, and through those points a curve
+``scale × n ** exponent``, least squares in log-log, each point weighed by its samples
+up to two averaging spans (a long spell at one count does not outweigh the others, a
+new count only nudges the curve). A curve, not ``n ×`` an average, because a
+conversation costs less the more there are: final transcripts are decoded together and
+optional work (interim transcripts) is shed under load. On the project's 2-core box
+the bot used 0.31-0.37 cores alone, 0.83-0.99 at four, 1.15-1.21 at six and 1.36 at
+eight (``n ** 0.63-0.73``); an average learned at four (0.21-0.22 each) refused an
+eighth conversation that the box serves to the goals, and so did a straight line
+through the counts. Until the counts measured span ``MIN_COUNT_SPAN`` (say 2 and 6)
+the cost is ``prior_session_cores`` per conversation, on a line through the most
+conversations measured. The exponent stays within
+``MIN_COST_EXPONENT``..1, and a count counts after ``MIN_SAMPLES`` samples, so a burst of
+new, still silent sessions makes conversations look cheap only slowly; a room of
+sessions silent for long does look cheaper, and the overload signals are the backstop.
 
 Both report to ``/health`` (``load``) and ``/metrics``, so a load balancer or an
 autoscaler reads the same signal the server admits by. Nothing here imports Pipecat.
@@ -45,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import time
 from collections import deque
@@ -88,9 +92,14 @@ MIN_SAMPLES = 20
 #: conversations that talk at once. On the project's 2-core box it admits the 8
 #: conversations served to the goals there (README, capacity curve).
 DEFAULT_BUDGET_SHARE = 0.75
-#: Cores one more conversation is assumed to take until measured: a little over the
-#: 0.15 measured on that box.
+#: Cores one more conversation is assumed to take until measured: a little over what
+#: the eighth cost on that box.
 DEFAULT_SESSION_CORES = 0.18
+#: The learned curve's exponent is at least this (0.63-0.73 measured on the 2-core box):
+#: a room of silent sessions says little about what they cost once they talk.
+MIN_COST_EXPONENT = 0.6
+#: The curve is fitted only once the counts measured span this ratio (most / fewest).
+MIN_COUNT_SPAN = 3.0
 
 
 @dataclass(frozen=True)
@@ -214,6 +223,38 @@ class Refusal:
     message: str
 
 
+@dataclass(frozen=True)
+class CostCurve:
+    """Cores this process uses with ``n`` live conversations: ``base + scale × n ** exponent``."""
+
+    base: float
+    scale: float
+    exponent: float
+
+    def cores(self, sessions: float) -> float:
+        """Predicted cores with ``sessions`` live conversations."""
+        return self.base + self.scale * sessions**self.exponent
+
+    def step(self, sessions: int) -> float:
+        """What one more conversation beside ``sessions`` costs."""
+        return self.cores(sessions + 1) - self.cores(sessions)
+
+    def fits(self, budget_cores: float) -> int:
+        """The most conversations whose predicted cores stay within ``budget_cores``."""
+        room = (budget_cores - self.base) / self.scale
+        if room <= 0:
+            return 0
+        # The epsilon: 1.4 / 0.2 is 6.999… in floating point, and 7 fit.
+        return int(room ** (1.0 / self.exponent) + 1e-9)
+
+    def describe(self) -> dict[str, float]:
+        return {
+            "base": round(self.base, 3),
+            "scale": round(self.scale, 3),
+            "exponent": round(self.exponent, 3),
+        }
+
+
 @dataclass
 class _MeanCores:
     """The process's cores at one number of live conversations: the mean of its first
@@ -269,44 +310,47 @@ class Admission:
         """Cores conversations may use in all."""
         return self.budget_share * self.monitor.cores
 
-    def cost_line(self) -> tuple[float, float]:
-        """``(base, per conversation)`` cores: the line ``base + n × cost`` (module doc)."""
+    def cost_curve(self) -> CostCurve:
+        """Cores for ``n`` conversations, learned (module doc)."""
         now = time.monotonic()
         # Each count weighs by its samples up to two averaging spans' worth: a new count
-        # (a burst of new sessions) nudges the line, established ones weigh alike.
+        # (a burst of new sessions) nudges the curve, established ones weigh alike.
         full = 2 * self._learn_secs / self.monitor.sample_secs
         points = [
             (float(n), mean.value, min(float(mean.samples), full))
             for n, mean in self._cores_at.items()
-            if mean.samples >= MIN_SAMPLES and now - mean.updated < self._forget_secs
+            if mean.samples >= MIN_SAMPLES
+            and now - mean.updated < self._forget_secs
+            and mean.value > 0
         ]
-        # Never below a quarter of the prior: a room of idle sessions says little about
-        # what they cost once they talk.
-        floor = 0.25 * self.prior_session_cores
-        if len(points) < 2:  # the prior's slope, through the one point measured if any
+        counts = [n for n, _, _ in points]
+        if not points or max(counts) < MIN_COUNT_SPAN * min(counts):
+            # Too narrow a range to tell the curve's bend (1 and 2 conversations differ
+            # by little more than noise): the prior's cost per conversation, on a line
+            # through the most conversations measured.
             base = self._idle_cores
             if points:
-                n, cores, _ = points[0]
+                n, cores, _ = max(points)
                 base = max(base, cores - n * self.prior_session_cores)
-            return base, self.prior_session_cores
-        weight = sum(w for _, _, w in points)
-        mean_n = sum(n * w for n, _, w in points) / weight
-        mean_cores = sum(c * w for _, c, w in points) / weight
-        spread = sum(w * (n - mean_n) ** 2 for n, _, w in points)
-        slope = sum(w * (n - mean_n) * (c - mean_cores) for n, c, w in points) / spread
-        slope = max(slope, floor)
-        return max(0.0, mean_cores - slope * mean_n), slope
+            return CostCurve(base, self.prior_session_cores, 1.0)
+        # cores = scale × n ** exponent: least squares in log-log.
+        logs = [(math.log(n), math.log(c), w) for n, c, w in points]
+        weight = sum(w for _, _, w in logs)
+        mean_x = sum(x * w for x, _, w in logs) / weight
+        mean_y = sum(y * w for _, y, w in logs) / weight
+        spread = sum(w * (x - mean_x) ** 2 for x, _, w in logs)
+        slope = sum(w * (x - mean_x) * (y - mean_y) for x, y, w in logs) / spread
+        exponent = min(1.0, max(MIN_COST_EXPONENT, slope))
+        return CostCurve(0.0, math.exp(mean_y - exponent * mean_x), exponent)
 
     @property
     def session_cores(self) -> float:
-        """Cores one more conversation costs (the learned line's slope)."""
-        return self.cost_line()[1]
+        """Cores one more conversation would cost now."""
+        return self.cost_curve().step(self._sessions)
 
     def capacity(self) -> int:
-        """Conversations that fit under the budget on the learned line (the hard cap, if lower)."""
-        base, cost = self.cost_line()
-        # The epsilon: 1.4 / 0.2 is 6.999… in floating point, and 7 fit.
-        fit = int(max(0.0, self.budget_cores - base) / cost + 1e-9)
+        """Conversations that fit under the budget on the learned curve (the hard cap, if lower)."""
+        fit = self.cost_curve().fits(self.budget_cores)
         return min(fit, self.max_sessions) if self.max_sessions else fit
 
     def note_sessions(self, sessions: int) -> None:
@@ -374,8 +418,8 @@ class Admission:
             "reason": None if refusal is None else refusal.message,
             "sessions": sessions,
             "capacity": self.capacity(),
-            "session_cost_cores": round(self.session_cores, 3),
-            "base_cores": round(self.cost_line()[0], 3),
+            "session_cost_cores": round(self.cost_curve().step(sessions), 3),
+            "cost_curve": self.cost_curve().describe(),
             "budget_cores": round(self.budget_cores, 2),
             "cores": self.monitor.cores,
             "machine_cpu_share": round(sample.machine_busy_share, 3),
@@ -390,8 +434,8 @@ def register_load_metrics(registry: Any, admission: Admission, sessions: Callabl
     """Export the admission's view on a Prometheus ``registry`` (read at scrape time).
 
     ``voice_sessions``, ``voice_session_capacity``, ``voice_admits`` (1/0),
-    ``voice_machine_cpu_share``, ``voice_event_loop_lag_ms``, ``voice_session_cost_cores``
-    and ``voice_sessions_refused`` by reason: what an autoscaler or load balancer needs
+    ``voice_machine_cpu_share``, ``voice_event_loop_lag_ms``, ``voice_session_cost_cores``,
+    ``voice_session_cost_exponent`` and ``voice_sessions_refused`` by reason: what an autoscaler or load balancer needs
     to send the next caller elsewhere before this server has to refuse one.
     """
     from prometheus_client import Gauge
@@ -422,8 +466,13 @@ def register_load_metrics(registry: Any, admission: Admission, sessions: Callabl
     )
     gauge(
         "voice_session_cost_cores",
-        "Learned cores per conversation",
-        lambda: admission.session_cores,
+        "Learned cores one more conversation would cost now",
+        lambda: admission.cost_curve().step(sessions()),
+    )
+    gauge(
+        "voice_session_cost_exponent",
+        "Exponent of the learned cost curve (cores = scale × conversations ** exponent)",
+        lambda: admission.cost_curve().exponent,
     )
 
     class _Refused:
