@@ -329,6 +329,14 @@ async def main() -> None:
         "--round-trip", action="store_true", help="the shifter once or twice: shifter or F0?"
     )
     parser.add_argument(
+        "--speed-up",
+        choices=["wsola", "psola"],
+        help="candidate for the DSP part of a speed-up (SpeedPitchStage.SPEED_UP)",
+    )
+    parser.add_argument(
+        "--wsola-tolerance-ms", type=float, help="candidate WSOLA search tolerance (ms)"
+    )
+    parser.add_argument(
         "--seed", type=int, default=0, help="sentence i (plain Piper and every row): seed + i"
     )
     parser.add_argument("--first-chunk-worker", action="store_true", help=argparse.SUPPRESS)
@@ -346,7 +354,12 @@ async def main() -> None:
     del SENTENCES[args.sentences :]
 
     from pipecat_vibevoice.engine import TTSConfig, TTSEngine
+    from pipecat_vibevoice.engine.audio import SpeedPitchStage
 
+    if args.speed_up:
+        SpeedPitchStage.SPEED_UP = args.speed_up
+    if args.wsola_tolerance_ms is not None:
+        SpeedPitchStage.WSOLA_TOLERANCE_S = args.wsola_tolerance_ms / 1000
     started, load0 = time.perf_counter(), os.getloadavg()
     scorer = Scorer()
     plain_mos, plain_wer = scorer.score(plain_piper(args.seed))
@@ -371,7 +384,11 @@ async def main() -> None:
         await engine.cleanup()
     elapsed, load1 = time.perf_counter() - started, os.getloadavg()
 
-    print(f"\npitch method: {args.pitch_method}")
+    tolerance = SpeedPitchStage.WSOLA_TOLERANCE_S
+    print(
+        f"\npitch method: {args.pitch_method}; speed-up: {SpeedPitchStage.SPEED_UP}"
+        f" (WSOLA tolerance {'half a frame' if tolerance is None else f'{tolerance * 1000:g} ms'})"
+    )
     print(f"seed {args.seed} (sentence i: {args.seed} + i; plain Piper and every row alike)")
     print(f"plain Piper: OVRL {plain_mos:.2f}, WER {plain_wer:.3f}")
     print("| setting | DNSMOS OVRL | Δ vs plain | WER |")

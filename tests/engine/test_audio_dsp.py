@@ -150,3 +150,14 @@ def test_pitch_shifter_at_factor_one_reconstructs_the_input() -> None:
     audio = vowel(130.0, 1.0)
     out = run_in_pieces(PitchShifter(SR, 1.0), audio, 1000)
     assert np.max(np.abs(out - audio)) < 1e-6
+
+
+@pytest.mark.parametrize("tempo", [1.2, 1.6, 2.0])
+def test_psola_tempo_keeps_f0_and_gives_the_exact_length(tempo: float) -> None:
+    """Time-scale by keeping or dropping whole periods: length exact, F0 unchanged."""
+    audio = vowel(110.0, 1.5)
+    one = run_in_pieces(PitchShifter(SR, 1.0, tempo=tempo), audio, audio.size)
+    assert one.size == round(audio.size / tempo)
+    assert median_f0(one, SR, fmin=50) == pytest.approx(110.0, rel=0.03)
+    for piece in (64, 1764):
+        assert np.array_equal(run_in_pieces(PitchShifter(SR, 1.0, tempo=tempo), audio, piece), one)
