@@ -50,11 +50,22 @@ def test_cli_flags_beat_environment() -> None:
         ({"sample_rate": 22050, "chunk_ms": 7}, "chunk_ms"),
         ({"gpu_memory_fraction": 1.5}, "gpu_memory_fraction"),
         ({"load_retries": 0}, "load_retries"),
+        ({"piper_windows": "24,x"}, "piper_windows"),
+        ({"piper_windows": "0,48"}, "piper_windows"),
     ],
 )
 def test_invalid_values_name_the_field(kwargs: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         TTSConfig(**kwargs)
+
+
+def test_piper_windows_become_the_backends_schedule() -> None:
+    from pipecat_vibevoice.engine.backends.piper import DEFAULT_SCHEDULE
+    from pipecat_vibevoice.engine.loading import make_piper
+
+    assert TTSConfig().piper_window_frames() is None
+    assert make_piper(TTSConfig()).schedule == DEFAULT_SCHEDULE
+    assert make_piper(TTSConfig(piper_windows="48, 96,256")).schedule == (48, 96, 256)
 
 
 def test_bad_environment_value_names_the_variable() -> None:

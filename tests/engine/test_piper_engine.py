@@ -60,11 +60,19 @@ async def test_streaming_off_gives_one_chunk() -> None:
         await engine.cleanup()
 
 
-def test_decoder_windows_join_into_the_full_decode(piper_engine: TTSEngine) -> None:
-    """Streaming must not change the waveform: windows == one full vocoder pass."""
+@pytest.mark.parametrize(
+    "windows", [None, (48, 96, 256, 512), (7,)], ids=["default", "large", "tiny"]
+)
+def test_decoder_windows_join_into_the_full_decode(
+    piper_engine: TTSEngine, windows: tuple[int, ...] | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Streaming must not change the waveform: windows == one full vocoder pass, for any
+    window schedule (``TTSConfig.piper_windows``)."""
     import threading
 
     backend = piper_engine.backend
+    if windows:
+        monkeypatch.setattr(backend, "schedule", windows)
     ids = backend.phoneme_ids(SENTENCE)[0]
     latent, mask = backend._run_frontend(ids, backend._scales)
     full = backend.decode_full(latent, mask)

@@ -64,6 +64,9 @@ class TTSConfig(EnvSettings):
         load_retries: Attempts at loading a model before giving up.
         num_threads: CPU threads per inference call (0 = Piper: the cores shared among
             the engine's workers; VibeVoice: torch's default).
+        piper_windows: Piper's decoder windows in frames (11.6 ms each), comma-separated,
+            the last repeated to the end of a sentence; empty = the backend's schedule,
+            small first for a fast first chunk (``backends.piper.DEFAULT_SCHEDULE``).
         cfg_scale: VibeVoice classifier-free guidance scale.
         inference_steps: VibeVoice diffusion steps per latent.
         max_batch: VibeVoice utterances stepped together in one batched model step
@@ -117,6 +120,10 @@ class TTSConfig(EnvSettings):
         default=0,
         metadata=_help("CPU threads per inference call (0 = share the cores among the workers)"),
     )
+    piper_windows: str = field(
+        default="",
+        metadata=_help("Piper decoder windows in frames, e.g. 24,48,96,256,512 (empty: default)"),
+    )
     cfg_scale: float = field(
         default=CFG_SCALE.default, metadata=_help("VibeVoice classifier-free guidance scale")
     )
@@ -140,6 +147,21 @@ class TTSConfig(EnvSettings):
         self.validate()
 
     # -- validation -------------------------------------------------------------------
+
+    def piper_window_frames(self) -> tuple[int, ...] | None:
+        """``piper_windows`` as frame counts (None: the backend's default)."""
+        if not self.piper_windows.strip():
+            return None
+        try:
+            frames = tuple(int(part) for part in self.piper_windows.split(","))
+        except ValueError:
+            frames = ()
+        if not frames or len(frames) > 16 or not all(1 <= f <= 4096 for f in frames):
+            raise ConfigError(
+                "piper_windows must be 1-16 comma-separated frame counts within 1..4096, "
+                f"got {self.piper_windows!r}"
+            )
+        return frames
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first invalid field."""
@@ -168,6 +190,7 @@ class TTSConfig(EnvSettings):
             raise ConfigError(f"load_retries must be at least 1, got {self.load_retries}")
         if self.num_threads < 0:
             raise ConfigError(f"num_threads must be >= 0, got {self.num_threads}")
+        self.piper_window_frames()  # raises on a bad list
         for control in (CFG_SCALE, INFERENCE_STEPS):
             try:
                 setattr(self, control.name, control.check(getattr(self, control.name)))

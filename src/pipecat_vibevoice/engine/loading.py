@@ -31,6 +31,9 @@ def make_piper(config: TTSConfig) -> SpeechBackend:
     backend = PiperBackend(
         cache_dir=cache, num_threads=config.num_threads, release_memory=config.release_memory
     )
+    windows = config.piper_window_frames()
+    if windows:
+        backend.schedule = windows
     if not config.num_threads:
         backend.num_threads = threads_per_call(pool_width(backend))
     return backend
