@@ -248,6 +248,7 @@ class CostCurve:
         return int(room ** (1.0 / self.exponent) + 1e-9)
 
     def describe(self) -> dict[str, float]:
+        """The curve's terms, for ``/health``."""
         return {
             "base": round(self.base, 3),
             "scale": round(self.scale, 3),
