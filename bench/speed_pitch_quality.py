@@ -329,12 +329,9 @@ async def main() -> None:
         "--round-trip", action="store_true", help="the shifter once or twice: shifter or F0?"
     )
     parser.add_argument(
-        "--speed-up",
-        choices=["wsola", "psola"],
-        help="candidate for the DSP part of a speed-up (SpeedPitchStage.SPEED_UP)",
-    )
-    parser.add_argument(
-        "--wsola-tolerance-ms", type=float, help="candidate WSOLA search tolerance (ms)"
+        "--no-cascade",
+        action="store_true",
+        help="speed-ups as one 46 ms WSOLA stage (before SpeedPitchStage.SHORT_CASCADE)",
     )
     parser.add_argument(
         "--seed", type=int, default=0, help="sentence i (plain Piper and every row): seed + i"
@@ -356,10 +353,8 @@ async def main() -> None:
     from pipecat_vibevoice.engine import TTSConfig, TTSEngine
     from pipecat_vibevoice.engine.audio import SpeedPitchStage
 
-    if args.speed_up:
-        SpeedPitchStage.SPEED_UP = args.speed_up
-    if args.wsola_tolerance_ms is not None:
-        SpeedPitchStage.WSOLA_TOLERANCE_S = args.wsola_tolerance_ms / 1000
+    if args.no_cascade:
+        SpeedPitchStage.SHORT_CASCADE = False
     started, load0 = time.perf_counter(), os.getloadavg()
     scorer = Scorer()
     plain_mos, plain_wer = scorer.score(plain_piper(args.seed))
@@ -384,10 +379,14 @@ async def main() -> None:
         await engine.cleanup()
     elapsed, load1 = time.perf_counter() - started, os.getloadavg()
 
-    tolerance = SpeedPitchStage.WSOLA_TOLERANCE_S
+    cascade = SpeedPitchStage.SHORT_CASCADE
     print(
-        f"\npitch method: {args.pitch_method}; speed-up: {SpeedPitchStage.SPEED_UP}"
-        f" (WSOLA tolerance {'half a frame' if tolerance is None else f'{tolerance * 1000:g} ms'})"
+        f"\npitch method: {args.pitch_method}; speed-up: "
+        + (
+            f"23 ms WSOLA stages of at most {SpeedPitchStage.SHORT_STAGE_MAX_TEMPO:g}x"
+            if cascade
+            else "one 46 ms WSOLA stage"
+        )
     )
     print(f"seed {args.seed} (sentence i: {args.seed} + i; plain Piper and every row alike)")
     print(f"plain Piper: OVRL {plain_mos:.2f}, WER {plain_wer:.3f}")

@@ -152,12 +152,19 @@ def test_pitch_shifter_at_factor_one_reconstructs_the_input() -> None:
     assert np.max(np.abs(out - audio)) < 1e-6
 
 
-@pytest.mark.parametrize("tempo", [1.2, 1.6, 2.0])
-def test_psola_tempo_keeps_f0_and_gives_the_exact_length(tempo: float) -> None:
-    """Time-scale by keeping or dropping whole periods: length exact, F0 unchanged."""
+@pytest.mark.parametrize("speed", [1.4, 1.6, 2.0])
+def test_fast_speed_cascade_is_exact_steady_and_keeps_f0(speed: float) -> None:
+    """A speed-up beyond 1.25x is a cascade of short-frame WSOLA stages of <= 1.3x each.
+
+    The cascade must still give 1/speed of the input to the sample, the same samples however
+    the input is cut into pieces, and the vowel's F0.
+    """
+    stage = SpeedPitchStage(SR, speed=speed)
+    assert len(stage._stretches) >= 2
     audio = vowel(110.0, 1.5)
-    one = run_in_pieces(PitchShifter(SR, 1.0, tempo=tempo), audio, audio.size)
-    assert one.size == round(audio.size / tempo)
+    one = run_in_pieces(SpeedPitchStage(SR, speed=speed), audio, audio.size)
+    # Each stage rounds its own length: at most one sample per stage from 1/speed.
+    assert abs(one.size - audio.size / speed) <= len(stage._stretches)
     assert median_f0(one, SR, fmin=50) == pytest.approx(110.0, rel=0.03)
     for piece in (64, 1764):
-        assert np.array_equal(run_in_pieces(PitchShifter(SR, 1.0, tempo=tempo), audio, piece), one)
+        assert np.array_equal(run_in_pieces(SpeedPitchStage(SR, speed=speed), audio, piece), one)

@@ -58,18 +58,11 @@ class StreamResampler:
 class _WsolaStretch:
     """One streaming WSOLA stage (``audiotsm``), exact output length at the end."""
 
-    def __init__(
-        self,
-        sample_rate: int,
-        tempo: float,
-        frame_length_s: float,
-        tolerance_s: float | None = None,
-    ) -> None:
+    def __init__(self, sample_rate: int, tempo: float, frame_length_s: float) -> None:
         from audiotsm import wsola
 
         self._frame = 1 << max(8, round(math.log2(sample_rate * frame_length_s)))
-        tolerance = None if tolerance_s is None else max(1, round(sample_rate * tolerance_s))
-        self._tsm = wsola(1, speed=tempo, frame_length=self._frame, tolerance=tolerance)
+        self._tsm = wsola(1, speed=tempo, frame_length=self._frame)
         self._tempo = tempo
         self._in = 0
         self._out = 0
@@ -120,41 +113,49 @@ class SpeedPitchStage:
     with short frames, by 23 % with long ones). WSOLA loses
     material beyond a 2x tempo change, so larger factors are split over two cascaded
     stages.
+
+    A speed-up beyond :attr:`GENTLE_TEMPO` at pitch 1 is instead a cascade of gentle
+    stages (each at most :attr:`SHORT_STAGE_MAX_TEMPO`) with short frames: each splice
+    then drops less material at once, so short sounds survive and the voice holds
+    better than with one 46 ms stage. On Piper, three sets of six seeded sentences,
+    stretch 1.6 (speed 2.0): OVRL 2.95 / 3.00 / 2.87 against 2.94 / 2.95 / 2.75, WER
+    .087 / .130 / .116 against .174 / .203 / .145; stretch 1.4 (speed 1.75): 3.13 / 3.13
+    / 3.08 against 3.09 / 3.05 / 2.97. Measured and left: longer single frames score
+    higher OVRL at 2.0 but lose words (93 ms: 3.04 with WER .51), a search tolerance
+    tied to the pitch period (2.84 at one longest period, 2.76 at the voice's ~250
+    samples, against 2.94), TD-PSOLA keeping or dropping whole periods (2.48).
     """
 
     FRAME_LENGTH_S = 0.046
     SHORT_FRAME_LENGTH_S = 0.023
     GENTLE_TEMPO = 1.25
+    SHORT_STAGE_MAX_TEMPO = 1.3
+    #: False: one 46 ms stage for every speed-up beyond GENTLE_TEMPO (as before; A/B).
+    SHORT_CASCADE = True
     MAX_TEMPO_PER_STAGE = 2.0
-    #: How a speed-up is made: ``"wsola"``, or ``"psola"`` (the pitch stage's
-    #: pitch-synchronous overlap-add keeps or drops whole periods, one stage for speed
-    #: and pitch together). A slow-down is always WSOLA: PSOLA would repeat the same
-    #: 12 ms of noise in unvoiced sounds, which buzzes.
-    SPEED_UP = "wsola"
-    #: WSOLA's search tolerance (s); None is audiotsm's half a frame.
-    WSOLA_TOLERANCE_S: float | None = None
 
     def __init__(self, sample_rate: int, speed: float = 1.0, pitch: float = 1.0) -> None:
         self.sample_rate = sample_rate
         self.speed = speed
         self.pitch = pitch
-        same_speed = math.isclose(speed, 1.0, rel_tol=1e-6)
-        same_pitch = math.isclose(pitch, 1.0, rel_tol=1e-6)
-        psola_speed = not same_speed and speed > 1.0 and self.SPEED_UP == "psola"
-        self._shifter = None
-        if psola_speed or not same_pitch:
-            self._shifter = PitchShifter(sample_rate, pitch, tempo=speed if psola_speed else 1.0)
+        self._shifter = (
+            None if math.isclose(pitch, 1.0, rel_tol=1e-6) else PitchShifter(sample_rate, pitch)
+        )
         self._stretches: list[_WsolaStretch] = []
-        if not same_speed and not psola_speed:
+        if self.SHORT_CASCADE and speed > self.GENTLE_TEMPO and self._shifter is None:
+            stages = math.ceil(math.log(speed) / math.log(self.SHORT_STAGE_MAX_TEMPO))
+            per_stage = speed ** (1 / stages)
+            self._stretches = [
+                _WsolaStretch(sample_rate, per_stage, self.SHORT_FRAME_LENGTH_S)
+                for _ in range(stages)
+            ]
+        elif not math.isclose(speed, 1.0, rel_tol=1e-6):
             stages = 1 if 1 / self.MAX_TEMPO_PER_STAGE <= speed <= self.MAX_TEMPO_PER_STAGE else 2
             per_stage = speed ** (1 / stages)
             gentle = 1 / self.GENTLE_TEMPO <= per_stage <= self.GENTLE_TEMPO
             short = gentle and self._shifter is None
             frame = self.SHORT_FRAME_LENGTH_S if short else self.FRAME_LENGTH_S
-            self._stretches = [
-                _WsolaStretch(sample_rate, per_stage, frame, self.WSOLA_TOLERANCE_S)
-                for _ in range(stages)
-            ]
+            self._stretches = [_WsolaStretch(sample_rate, per_stage, frame) for _ in range(stages)]
 
     @property
     def is_identity(self) -> bool:

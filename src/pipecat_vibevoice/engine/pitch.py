@@ -59,14 +59,11 @@ class PitchShifter:
     length is exactly the input's.
     """
 
-    def __init__(self, sample_rate: int, factor: float, tempo: float = 1.0) -> None:
+    def __init__(self, sample_rate: int, factor: float) -> None:
         if not 0.25 <= factor <= 4.0:
             raise ValueError(f"pitch factor {factor} outside 0.25..4")
-        if not 0.25 <= tempo <= 4.0:
-            raise ValueError(f"tempo {tempo} outside 0.25..4")
         self.sample_rate = sample_rate
         self.factor = factor
-        self.tempo = tempo
         self._lag_min = int(sample_rate / F0_MAX)
         self._lag_max = int(math.ceil(sample_rate / F0_MIN))
         self._half = self._lag_max  # correlation window: two longest periods
@@ -92,16 +89,8 @@ class PitchShifter:
 
     @property
     def delay_samples(self) -> int:
-        """Input held back before output is final: window reach plus mark look-ahead.
-
-        An output window reaches ``reach`` output samples back, which is ``tempo``
-        times as much input; the analysis window and the next mark add the rest.
-        """
-        return math.ceil((2 + self.tempo) * self._reach) + self._lag_max + self._half
-
-    def output_length(self, samples: int) -> int:
-        """How many samples ``samples`` of input become (``round(samples / tempo)``)."""
-        return round(samples / self.tempo)
+        """Input held back before output is final: window reach plus mark look-ahead."""
+        return 3 * self._reach + self._lag_max + self._half
 
     # -- public ---------------------------------------------------------------------
 
@@ -111,16 +100,16 @@ class PitchShifter:
         self._received += audio.size
         if last:
             # Silence after the end lets every mark near it be found and windowed.
-            tail = self.delay_samples + math.ceil(self.tempo * self._reach) + self._reach
-            audio = np.concatenate([audio, np.zeros(tail)])
+            audio = np.concatenate([audio, np.zeros(self.delay_samples + self._reach)])
         if audio.size:
             self._x = np.concatenate([self._x, audio])
             self._n += audio.size
         self._find_marks()
         self._overlap_add()
-        end = self._pad + self.output_length(self._received)
-        final = end if last else math.floor(self._next_out) - self._reach
-        out = self._take(min(final, end))
+        final = math.floor(self._next_out) - self._reach
+        if last:
+            final = self._pad + self._received
+        out = self._take(min(final, self._pad + self._received))
         self._trim()
         return out
 
@@ -185,15 +174,13 @@ class PitchShifter:
         marks = self._marks
         while True:
             t = self._next_out
-            # The input instant output time t shows: t itself, unless the tempo changes.
-            at = self._pad + (t - self._pad) * self.tempo
-            # Nearest analysis mark to it; the mark after it must exist (its right window).
+            # Nearest analysis mark to t; the mark after it must exist (its right window).
             k = self._k
-            while k + 1 < len(marks) and marks[k + 1] <= at:
+            while k + 1 < len(marks) and marks[k + 1] <= t:
                 k += 1
             if k + 2 >= len(marks):
                 break
-            if at - marks[k] > marks[k + 1] - at:
+            if t - marks[k] > marks[k + 1] - t:
                 k += 1
             self._k = max(0, k - 1)
             centre = marks[k]
