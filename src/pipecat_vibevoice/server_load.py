@@ -30,8 +30,8 @@ up to two averaging spans (a long spell at one count does not outweigh the other
 new count only nudges the curve). A curve, not ``n ×`` an average, because a
 conversation costs less the more there are: final transcripts are decoded together and
 optional work (interim transcripts) is shed under load. On the project's 2-core box
-the bot used 0.31-0.37 cores alone, 0.83-0.99 at four, 1.15-1.21 at six and 1.36 at
-eight (``n ** 0.63-0.73``); an average learned at four (0.21-0.22 each) refused an
+the bot used 0.29-0.37 cores alone, 0.83-0.99 at four, 1.15-1.23 at six and 1.28-1.47
+at eight (``n ** 0.63-0.78``); an average learned at four (0.21-0.22 each) refused an
 eighth conversation that the box serves to the goals, and so did a straight line
 through the counts. Until the counts measured span ``MIN_COUNT_SPAN`` (say 2 and 6)
 the cost is ``prior_session_cores`` per conversation, on a line through the most
@@ -95,7 +95,7 @@ DEFAULT_BUDGET_SHARE = 0.75
 #: Cores one more conversation is assumed to take until measured: a little over what
 #: the eighth cost on that box.
 DEFAULT_SESSION_CORES = 0.18
-#: The learned curve's exponent is at least this (0.63-0.73 measured on the 2-core box):
+#: The learned curve's exponent is at least this (0.63-0.78 measured on the 2-core box):
 #: a room of silent sessions says little about what they cost once they talk.
 MIN_COST_EXPONENT = 0.6
 #: The curve is fitted only once the counts measured span this ratio (most / fewest).
