@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import threading
+import time
 
 import pytest
 
@@ -65,4 +66,59 @@ async def test_run_in_executor_reads_the_task_deadline() -> None:
     release.set()
     await asyncio.gather(blocker, *tasks)
     assert order == [2, 3, 1]
+    executor.shutdown()
+
+
+def _submit_as(executor: DeadlineExecutor, deadline: float, first_chunk: bool, fn, *args):
+    ctx = contextvars.copy_context()
+    ctx.run(set_pull_deadline, deadline, first_chunk=first_chunk)
+    return ctx.run(executor.submit, fn, *args)
+
+
+def test_first_chunks_yield_to_streams_about_to_run_dry() -> None:
+    """A burst of first chunks (deadlines already past) must not starve playing streams.
+
+    Plain EDF would run both first chunks first (their deadlines are the earliest); the
+    playing stream within the guard of running dry goes ahead of them, the one with
+    audio to spare after them.
+    """
+    executor = DeadlineExecutor(1, dry_guard_s=0.5)
+    release = threading.Event()
+    blocker = executor.submit(release.wait)
+    now = time.perf_counter()
+    order: list[str] = []
+    futures = [
+        _submit_as(executor, deadline, first, order.append, name)
+        for name, deadline, first in [
+            ("new-a", now - 1.0, True),
+            ("playing-later", now + 60.0, False),
+            ("new-b", now - 0.5, True),
+            ("playing-soon", now + 0.2, False),
+        ]
+    ]
+    release.set()
+    for f in [blocker, *futures]:
+        f.result(5)
+    assert order == ["playing-soon", "new-a", "new-b", "playing-later"]
+    executor.shutdown()
+
+
+def test_without_a_guard_the_pool_is_plain_edf() -> None:
+    executor = DeadlineExecutor(1, dry_guard_s=0.0)
+    release = threading.Event()
+    blocker = executor.submit(release.wait)
+    now = time.perf_counter()
+    order: list[str] = []
+    futures = [
+        _submit_as(executor, deadline, first, order.append, name)
+        for name, deadline, first in [
+            ("playing", now + 30.0, False),
+            ("new", now - 1.0, True),
+            ("playing-dry", now - 2.0, False),
+        ]
+    ]
+    release.set()
+    for f in [blocker, *futures]:
+        f.result(5)
+    assert order == ["playing-dry", "new", "playing"]
     executor.shutdown()

@@ -13,6 +13,18 @@ queued call whose stream runs dry first:
 * callers that set no deadline (the voice bot's own pipelines) get "now", i.e. they
   are served in arrival order among themselves and ahead of streams with audio in hand.
 
+Plain EDF fails when many utterances start at once. Sixteen first chunks at the same
+instant take ~0.4 s of both cores on the project's 2-core box; their deadlines (start
+plus 0.1 s) have all passed by then, so EDF keeps them ahead of every playing stream,
+and the streams that started first, holding the 0.28 s of their first decoder window,
+run dry while the others start (all 16 first sentences had an underrun). So the pool
+keeps the two kinds of call apart: a *first chunk* runs before a playing stream's call
+only while that stream's listener has more than ``dry_guard_s`` of audio left. Playing
+streams are never starved by new ones, and new ones start as fast as the streams
+already playing allow: under a burst, later first chunks wait a little longer instead of
+earlier listeners hearing a gap. A stream whose first chunk has been sent is never
+"new" again, whatever its deadline.
+
 The deadline reaches the pool through a context variable, a channel no import shows, so
 both ends are named here: the serving stream calls :func:`set_pull_deadline` right
 before it pulls its next chunk (:meth:`.stream.UtteranceStream.synthesize`), and
@@ -39,15 +51,19 @@ if TYPE_CHECKING:
 
 #: How long a new utterance may yield to streams that are about to run dry.
 FIRST_CHUNK_SLACK_S = 0.1
+#: A playing stream whose listener runs dry within this goes ahead of every first chunk
+#: (the default of ``ServingSettings.dry_guard_ms``): one running call to wait for
+#: (54 ms median, 93 ms p95 on the 2-core box) plus its own next call.
+DRY_GUARD_S = 0.15
 
 #: ``time.perf_counter()`` by which the calling stream needs its next chunk. Written only
 #: by :func:`set_pull_deadline`, read only by :meth:`DeadlineExecutor.submit`.
-_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
-    "tts_deadline", default=None
+_DEADLINE: contextvars.ContextVar[tuple[float | None, bool]] = contextvars.ContextVar(
+    "tts_deadline", default=(None, False)
 )
 
 
-def set_pull_deadline(deadline: float | None) -> None:
+def set_pull_deadline(deadline: float | None, *, first_chunk: bool = False) -> None:
     """Tell the engine pool when the calling task's listener runs out of audio.
 
     The serving stream (:meth:`.stream.UtteranceStream.synthesize`) calls this in the
@@ -57,17 +73,31 @@ def set_pull_deadline(deadline: float | None) -> None:
     task, and ``run_in_executor`` calls ``submit`` synchronously in the caller's context,
     so the value set here orders that call. A pull run as a task of its own (the start-up
     buffer's timed pull) copies the context when it is created: set the deadline first.
-    ``None`` means "now" (what callers that never set one get).
+    ``None`` means "now" (what callers that never set one get). ``first_chunk`` marks
+    the pull of an utterance whose listener has nothing yet: it yields to playing
+    streams close to running dry (see the module docstring).
     """
-    _DEADLINE.set(deadline)
+    _DEADLINE.set((deadline, first_chunk))
+
+
+_Call = tuple[float, int, Future, Callable[..., Any], tuple, dict]
 
 
 class DeadlineExecutor(Executor):
-    """A fixed pool of worker threads that runs the most urgent call first."""
+    """A fixed pool of worker threads that runs the most urgent call first.
 
-    def __init__(self, workers: int, name: str = "tts-edf") -> None:
+    Two queues, each earliest deadline first: calls of playing streams (and of callers
+    with no deadline) and first chunks. A worker takes the earlier of the two heads,
+    except that a playing stream within ``dry_guard_s`` of running dry goes first.
+    """
+
+    def __init__(
+        self, workers: int, name: str = "tts-edf", *, dry_guard_s: float = DRY_GUARD_S
+    ) -> None:
         self._max_workers = max(1, workers)  # same attribute as ThreadPoolExecutor
-        self._queue: list[tuple[float, int, Future, Callable[..., Any], tuple, dict]] = []
+        self.dry_guard_s = dry_guard_s
+        self._playing: list[_Call] = []
+        self._starting: list[_Call] = []
         self._order = itertools.count()
         self._cv = threading.Condition()
         self._shutdown = False
@@ -82,7 +112,7 @@ class DeadlineExecutor(Executor):
     def queued(self) -> int:
         """Calls waiting for a worker."""
         with self._cv:
-            return len(self._queue)
+            return len(self._playing) + len(self._starting)
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         """Queue ``fn`` under the caller's deadline (now if unset).
@@ -91,14 +121,15 @@ class DeadlineExecutor(Executor):
         (the serving stream, before each pull); ``run_in_executor`` calls this method
         synchronously in the caller's context, which is how it arrives here.
         """
-        deadline = _DEADLINE.get()
+        deadline, first_chunk = _DEADLINE.get()
         if deadline is None:
             deadline = time.perf_counter()
         future: Future = Future()
         with self._cv:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            heapq.heappush(self._queue, (deadline, next(self._order), future, fn, args, kwargs))
+            queue = self._starting if first_chunk else self._playing
+            heapq.heappush(queue, (deadline, next(self._order), future, fn, args, kwargs))
             self._cv.notify()
         return future
 
@@ -107,22 +138,35 @@ class DeadlineExecutor(Executor):
         with self._cv:
             self._shutdown = True
             if cancel_futures:
-                for *_, future, _fn, _args, _kwargs in self._queue:
-                    future.cancel()
-                self._queue.clear()
+                for queue in (self._playing, self._starting):
+                    for _, _, future, *_ in queue:
+                        future.cancel()
+                    queue.clear()
             self._cv.notify_all()
         if wait:
             for thread in self._threads:
                 thread.join()
 
+    def _next_queue(self, now: float) -> list[_Call]:
+        """The queue whose head runs next (at least one is not empty)."""
+        playing, starting = self._playing, self._starting
+        if not starting:
+            return playing
+        if not playing:
+            return starting
+        if playing[0][0] <= max(starting[0][0], now + self.dry_guard_s):
+            return playing
+        return starting
+
     def _work(self) -> None:
         while True:
             with self._cv:
-                while not self._queue and not self._shutdown:
+                while not (self._playing or self._starting) and not self._shutdown:
                     self._cv.wait()
-                if not self._queue:
+                if not (self._playing or self._starting):
                     return
-                _, _, future, fn, args, kwargs = heapq.heappop(self._queue)
+                queue = self._next_queue(time.perf_counter())
+                _, _, future, fn, args, kwargs = heapq.heappop(queue)
             if not future.set_running_or_notify_cancel():
                 continue
             try:
@@ -131,7 +175,9 @@ class DeadlineExecutor(Executor):
                 future.set_exception(exc)
 
 
-def install_deadline_executor(engine: TTSEngine, workers: int = 0) -> DeadlineExecutor | None:
+def install_deadline_executor(
+    engine: TTSEngine, workers: int = 0, dry_guard_s: float = DRY_GUARD_S
+) -> DeadlineExecutor | None:
     """Put a :class:`DeadlineExecutor` in front of ``engine``'s model calls.
 
     The old pool is shut down once its running calls end. Same width unless
@@ -142,9 +188,12 @@ def install_deadline_executor(engine: TTSEngine, workers: int = 0) -> DeadlineEx
     if isinstance(engine.executor, DeadlineExecutor):  # already installed
         return engine.executor
     width = workers or engine.workers
-    executor = DeadlineExecutor(width)
+    executor = DeadlineExecutor(width, dry_guard_s=dry_guard_s)
     current = engine.replace_executor(executor)
     if current is not None:
         current.shutdown(wait=False)
-    logger.info(f"TTS engine pool: earliest-deadline-first, {width} workers")
+    logger.info(
+        f"TTS engine pool: earliest-deadline-first, {width} workers, first chunks yield to "
+        f"streams within {dry_guard_s * 1000:.0f} ms of running dry"
+    )
     return executor

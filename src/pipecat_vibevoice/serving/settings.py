@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..settings_base import EnvSettings, SettingsError
+from .scheduler import DRY_GUARD_S
 
 
 def default_store_path() -> str:
@@ -38,6 +39,10 @@ class ServingSettings(EnvSettings):
         edf: Run the engine's model calls earliest-deadline-first across connections
             (see :mod:`.scheduler`); off keeps the engine's first-come pool.
         engine_workers: Threads of that pool (0 = the engine's own width).
+        dry_guard_ms: In that pool, a playing stream whose listener runs dry within this
+            many milliseconds goes ahead of every new utterance's first chunk, so a burst
+            of new utterances delays later first chunks rather than starving the
+            listeners already playing (0 = plain earliest deadline first).
         max_lead_s: When more utterances synthesise than the engine has workers, a
             stream more than this many seconds ahead of its listener waits (0 = never).
         prebuffer_ms: Audio gathered before an item's first chunk is sent: the listener
@@ -91,6 +96,10 @@ class ServingSettings(EnvSettings):
     )
     engine_workers: int = field(
         default=0, metadata={"help": "threads of the engine pool (0 = the engine's own width)"}
+    )
+    dry_guard_ms: int = field(
+        default=round(DRY_GUARD_S * 1000),
+        metadata={"help": "playing streams this close to running dry go before first chunks"},
     )
     max_lead_s: float = field(
         default=1.0,
@@ -169,6 +178,8 @@ class ServingSettings(EnvSettings):
             raise SettingsError("rate_limit_per_s and admission_wait_s must be >= 0")
         if self.rate_limit_per_s > 0 and self.rate_limit_burst < 1:
             raise SettingsError("rate_limit_burst must be >= 1 when rate limiting is on")
+        if self.dry_guard_ms < 0:
+            raise SettingsError(f"dry_guard_ms must be >= 0, got {self.dry_guard_ms}")
         if self.max_lead_s < 0:
             raise SettingsError(f"max_lead_s must be >= 0, got {self.max_lead_s}")
         if self.open_idle_s <= 0:

@@ -98,7 +98,11 @@ class ServingState:
                         config = getattr(getattr(app_state, "settings", None), "tts", None)
                     self._engine = await get_tts_engine(config)
                 if self.settings.edf:
-                    pool = install_deadline_executor(self._engine, self.settings.engine_workers)
+                    pool = install_deadline_executor(
+                        self._engine,
+                        self.settings.engine_workers,
+                        self.settings.dry_guard_ms / 1000,
+                    )
                     if pool is not None:
                         self.metrics.engine_queued.set_function(lambda: pool.queued)
         return self._engine

@@ -16,8 +16,9 @@ Three things decide *when* the next chunk is pulled:
   take a worker that a stream about to run dry needs. Without contention it runs flat
   out.
 * **The deadline.** Before each pull the stream tells the engine pool when its listener
-  runs out of audio (:func:`.scheduler.set_pull_deadline`), so the most urgent model
-  work runs first.
+  runs out of audio, and whether it has any audio yet
+  (:func:`.scheduler.set_pull_deadline`), so the most urgent model work runs first and
+  new utterances do not starve the ones playing.
 
 :class:`StreamStats` times the chunks as sent (first-chunk latency, gaps, underruns)
 for the metrics, the ``done`` event and the store row.
@@ -181,7 +182,9 @@ class UtteranceStream:
                 while True:
                     if pull is None:
                         await self._hold_back(width)
-                        set_pull_deadline(self.stats.deadline())
+                        set_pull_deadline(
+                            self.stats.deadline(), first_chunk=self.stats.first_sent is None
+                        )
                         if not (self.stats.first_sent is None and pending):
                             got = await _next(chunks)
                         else:  # filling the start-up buffer: pull with a time limit
