@@ -133,3 +133,46 @@ def test_constructor_rejects_bad_arguments(piper_engine: TTSEngine) -> None:
         reuse_context_id_within_turn=False,
     )
     assert tts._reuse_context_id_within_turn
+
+
+async def test_each_pull_tells_the_engine_pool_when_the_listener_runs_dry(
+    piper_engine: TTSEngine,
+) -> None:
+    """The bot's conversations share one engine pool ordered by these deadlines.
+
+    The pulls of a reply before its first chunk are first chunks (its listener has
+    nothing yet); every later one carries when the audio sent so far runs out, which is
+    never later than now plus the audio sent.
+    """
+    import time
+
+    from pipecat_vibevoice.engine.scheduling import DeadlineExecutor, current_pull_deadline
+
+    class RecordingPool(DeadlineExecutor):
+        def __init__(self) -> None:
+            super().__init__(1)
+            self.seen: list[tuple[float, float | None, bool]] = []
+
+        def submit(self, fn, /, *args, **kwargs):
+            self.seen.append((time.perf_counter(), *current_pull_deadline()))
+            return super().submit(fn, *args, **kwargs)
+
+    pool = RecordingPool()
+    previous = piper_engine.replace_executor(pool)
+    try:
+        tts = VibeVoiceTTSService(piper_engine)
+        down, _ = await run_test(tts, frames_to_send=[TTSSpeakFrame(TEXT)], start_timeout=10)
+    finally:
+        piper_engine.replace_executor(previous)
+        pool.shutdown()
+    seconds = sum(len(f.audio) for f in audio_frames(down)) / 2 / 24000
+    model_pulls = [(at, d, first) for at, d, first in pool.seen if d is not None]
+    assert model_pulls, "no pull carried a deadline"
+    # Piper's front half and first window are two pulls, both before the first chunk.
+    starting = [p for p in model_pulls if p[2]]
+    assert starting == model_pulls[: len(starting)] and len(starting) < len(model_pulls)
+    assert all(at < deadline <= at + 0.5 for at, deadline, _ in starting)
+    playing = model_pulls[len(starting) :]
+    assert all(d <= at + seconds + 0.5 for at, d, _ in playing)
+    # Deadlines move out as audio is sent ahead of the listener.
+    assert playing[-1][1] > playing[0][1]

@@ -13,7 +13,7 @@ ones never get a thread to take their audio; so such streams wait for a place at
 
 The executor can be replaced (:meth:`ModelWorkers.replace_executor`): the serving API
 puts an earliest-deadline-first pool in front of the model calls
-(:mod:`pipecat_vibevoice.serving.scheduler`), and reads each call's deadline from a
+(:mod:`.scheduling`), and reads each call's deadline from a
 context variable the caller set, which ``run_in_executor`` carries along.
 """
 

@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ..engine.scheduling import DRY_GUARD_S
 from ..settings_base import EnvSettings, SettingsError
-from .scheduler import DRY_GUARD_S
 
 
 def default_store_path() -> str:
@@ -37,7 +37,7 @@ class ServingSettings(EnvSettings):
         admission_wait_s: How long an utterance may wait for a synthesis slot before
             ``busy`` (0 = answer at once).
         edf: Run the engine's model calls earliest-deadline-first across connections
-            (see :mod:`.scheduler`); off keeps the engine's first-come pool.
+            (see :mod:`..engine.scheduling`); off keeps the engine's first-come pool.
         engine_workers: Threads of that pool (0 = the engine's own width).
         dry_guard_ms: In that pool, a playing stream whose listener runs dry within this
             many milliseconds goes ahead of every new utterance's first chunk, so a burst

@@ -13,11 +13,11 @@ from typing import Any
 from loguru import logger
 
 from ..engine import TTSConfig, TTSEngine, get_tts_engine
+from ..engine.scheduling import install_deadline_executor
 from ..web_access import AccessPolicy
 from .cache import ResponseCache
 from .limits import SlotPool
 from .metrics import ServingMetrics
-from .scheduler import install_deadline_executor
 from .settings import ServingSettings
 from .store import NullStore, SynthesisStore, open_store
 

@@ -17,7 +17,7 @@ Three things decide *when* the next chunk is pulled:
   out.
 * **The deadline.** Before each pull the stream tells the engine pool when its listener
   runs out of audio, and whether it has any audio yet
-  (:func:`.scheduler.set_pull_deadline`), so the most urgent model work runs first and
+  (:func:`..engine.scheduling.set_pull_deadline`), so the most urgent model work runs first and
   new utterances do not starve the ones playing.
 
 :class:`StreamStats` times the chunks as sent (first-chunk latency, gaps, underruns)
@@ -33,9 +33,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from ..engine import SpeechChunk, TTSEngine
+from ..engine.scheduling import FIRST_CHUNK_SLACK_S, set_pull_deadline
 from .cache import CachedAudio, CachedChunk
 from .protocol import event
-from .scheduler import FIRST_CHUNK_SLACK_S, set_pull_deadline
 from .sender import ClientSender
 from .settings import ServingSettings
 from .state import ServingState
@@ -72,7 +72,7 @@ class StreamStats:
         return gap
 
     def deadline(self) -> float:
-        """When this listener runs out of audio (the engine pool's order, see :mod:`.scheduler`).
+        """When this listener runs out of audio (the engine pool's order, see :mod:`..engine.scheduling`).
 
         Before the first chunk: the start plus a small slack, so a new utterance goes
         ahead of streams with more than that buffered but not of one about to run dry.

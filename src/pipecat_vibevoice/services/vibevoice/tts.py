@@ -59,6 +59,7 @@ from pipecat.utils.types import NOT_GIVEN, NotGiven, is_given
 
 from ...engine import GrowingText, TTSConfig, TTSEngine, get_tts_engine
 from ...engine.controls import CONTROLS, VIBEVOICE_CONTROLS, ControlError
+from ...engine.scheduling import FIRST_CHUNK_SLACK_S, set_pull_deadline
 from ..word_timed import WordTimedTTSService
 from .token_turns import TokenTurn
 
@@ -412,7 +413,11 @@ class VibeVoiceTTSService(WordTimedTTSService):
         try:
             chunks = engine.stream_chunks(text, **self._request_kwargs(engine))
             async with aclosing(chunks):
-                async for chunk in chunks:
+                while True:
+                    self._set_pull_deadline(context_id)
+                    chunk = await anext(chunks, None)
+                    if chunk is None:
+                        break
                     words = self._place_words(context_id, chunk)
                     yield await self._audio_frame(chunk.pcm, engine, context_id)
                     await self._report_words(context_id, words)
@@ -433,6 +438,22 @@ class VibeVoiceTTSService(WordTimedTTSService):
                 exception=exc,
                 category=ErrorCategory.SERVER,
             )
+
+    def _set_pull_deadline(self, context_id: str) -> None:
+        """Tell the engine's pool when this context's listener runs out of audio.
+
+        The context's clock knows how much of its audio is still unplayed (all the
+        sentences of a turn share one context), so the next sentence of a reply that
+        is still playing waits behind listeners about to run dry, and a reply with no
+        audio out yet counts as a first chunk (:mod:`...engine.scheduling`). Read by the
+        engine's pool only when it is a ``DeadlineExecutor`` (the bot installs one).
+        """
+        clock = self._clocks.get(context_id)
+        now = time.perf_counter()
+        if clock is None or clock.first_at is None:
+            set_pull_deadline(now + FIRST_CHUNK_SLACK_S, first_chunk=True)
+        else:
+            set_pull_deadline(now + clock.ahead(time.monotonic()))
 
     async def _audio_frame(self, pcm: bytes, engine: TTSEngine, context_id: str) -> Frame:
         if self.sample_rate != engine.config.sample_rate:

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from pipecat_vibevoice.serving.scheduler import DeadlineExecutor, set_pull_deadline
+from pipecat_vibevoice.engine.scheduling import DeadlineExecutor, set_pull_deadline
 
 
 def _submit(executor: DeadlineExecutor, deadline: float | None, fn, *args):

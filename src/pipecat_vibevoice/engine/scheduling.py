@@ -1,4 +1,4 @@
-"""Earliest-deadline-first model work across all connections.
+"""Earliest-deadline-first model work across every stream on one engine.
 
 The engine runs each unit of model work (one backend chunk) as one call in its thread
 pool. A plain ``ThreadPoolExecutor`` runs those calls first come, first served, so
@@ -10,8 +10,13 @@ queued call whose stream runs dry first:
 * a playing stream's deadline is when the audio it has delivered ends;
 * a new utterance's deadline is its start plus a small slack, so it goes ahead of
   streams with more than that buffered but not of one about to underrun;
-* callers that set no deadline (the voice bot's own pipelines) get "now", i.e. they
-  are served in arrival order among themselves and ahead of streams with audio in hand.
+* callers that set no deadline get "now", i.e. they are served in arrival order among
+  themselves and ahead of streams with audio in hand.
+
+Two callers set deadlines: the ``/v1/tts/stream`` server's stream
+(:meth:`pipecat_vibevoice.serving.stream.UtteranceStream.synthesize`) and the Pipecat
+service in the voice bot (``services.vibevoice.tts``), each from what its own listener
+has been sent. Nothing here knows either.
 
 Plain EDF fails when many utterances start at once. Sixteen first chunks at the same
 instant take ~0.4 s of both cores on the project's 2-core box; their deadlines (start
@@ -26,8 +31,8 @@ earlier listeners hearing a gap. A stream whose first chunk has been sent is nev
 "new" again, whatever its deadline.
 
 The deadline reaches the pool through a context variable, a channel no import shows, so
-both ends are named here: the serving stream calls :func:`set_pull_deadline` right
-before it pulls its next chunk (:meth:`.stream.UtteranceStream.synthesize`), and
+both ends are named here: a stream's owner calls :func:`set_pull_deadline` right
+before it pulls its next chunk, and
 :meth:`DeadlineExecutor.submit` reads it when the engine's ``run_in_executor`` call,
 made in that same task, queues the model work. Only calls that do model work wait;
 chunks the engine already has are handed over without touching the pool.
@@ -47,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 from loguru import logger
 
 if TYPE_CHECKING:
-    from ..engine import TTSEngine
+    from .engine import TTSEngine
 
 #: How long a new utterance may yield to streams that are about to run dry.
 FIRST_CHUNK_SLACK_S = 0.1
@@ -66,8 +71,8 @@ _DEADLINE: contextvars.ContextVar[tuple[float | None, bool]] = contextvars.Conte
 def set_pull_deadline(deadline: float | None, *, first_chunk: bool = False) -> None:
     """Tell the engine pool when the calling task's listener runs out of audio.
 
-    The serving stream (:meth:`.stream.UtteranceStream.synthesize`) calls this in the
-    task that pulls the engine's chunks, right before each pull. The reader is
+    A stream's owner (the serving stream, the bot's TTS service) calls this in the task
+    that pulls the engine's chunks, right before each pull. The reader is
     :meth:`DeadlineExecutor.submit`: pulling a chunk that needs model work makes the
     engine call ``loop.run_in_executor(pool, ...)`` (``engine/workers.py``) from that same
     task, and ``run_in_executor`` calls ``submit`` synchronously in the caller's context,
@@ -81,6 +86,11 @@ def set_pull_deadline(deadline: float | None, *, first_chunk: bool = False) -> N
 
 
 _Call = tuple[float, int, Future, Callable[..., Any], tuple, dict]
+
+
+def current_pull_deadline() -> tuple[float | None, bool]:
+    """``(deadline, first_chunk)`` as the calling task last set them (``(None, False)``)."""
+    return _DEADLINE.get()
 
 
 class DeadlineExecutor(Executor):
@@ -121,7 +131,7 @@ class DeadlineExecutor(Executor):
         (the serving stream, before each pull); ``run_in_executor`` calls this method
         synchronously in the caller's context, which is how it arrives here.
         """
-        deadline, first_chunk = _DEADLINE.get()
+        deadline, first_chunk = current_pull_deadline()
         if deadline is None:
             deadline = time.perf_counter()
         future: Future = Future()
