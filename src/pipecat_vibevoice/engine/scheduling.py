@@ -57,12 +57,13 @@ if TYPE_CHECKING:
 #: How long a new utterance may yield to streams that are about to run dry.
 FIRST_CHUNK_SLACK_S = 0.1
 #: A playing stream whose listener runs dry within this goes ahead of every first chunk
-#: (the default of ``ServingSettings.dry_guard_ms``): one running call to wait for
+#: (the bot's, and the default of ``ServingSettings.dry_guard_ms``): one running call to wait for
 #: (54 ms median, 93 ms p95 on the 2-core box) plus its own next call.
 DRY_GUARD_S = 0.15
 
-#: ``time.perf_counter()`` by which the calling stream needs its next chunk. Written only
-#: by :func:`set_pull_deadline`, read only by :meth:`DeadlineExecutor.submit`.
+#: ``(time.perf_counter() by which the calling stream needs its next chunk, whether it
+#: is a first chunk)``. Written only by :func:`set_pull_deadline`, read only through
+#: :func:`current_pull_deadline` (by :meth:`DeadlineExecutor.submit`).
 _DEADLINE: contextvars.ContextVar[tuple[float | None, bool]] = contextvars.ContextVar(
     "tts_deadline", default=(None, False)
 )
@@ -85,12 +86,12 @@ def set_pull_deadline(deadline: float | None, *, first_chunk: bool = False) -> N
     _DEADLINE.set((deadline, first_chunk))
 
 
-_Call = tuple[float, int, Future, Callable[..., Any], tuple, dict]
-
-
 def current_pull_deadline() -> tuple[float | None, bool]:
     """``(deadline, first_chunk)`` as the calling task last set them (``(None, False)``)."""
     return _DEADLINE.get()
+
+
+_Call = tuple[float, int, Future, Callable[..., Any], tuple, dict]
 
 
 class DeadlineExecutor(Executor):
@@ -128,7 +129,7 @@ class DeadlineExecutor(Executor):
         """Queue ``fn`` under the caller's deadline (now if unset).
 
         The deadline is what the calling task last passed to :func:`set_pull_deadline`
-        (the serving stream, before each pull); ``run_in_executor`` calls this method
+        (its stream's owner, before each pull); ``run_in_executor`` calls this method
         synchronously in the caller's context, which is how it arrives here.
         """
         deadline, first_chunk = current_pull_deadline()
