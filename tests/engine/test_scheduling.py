@@ -69,10 +69,26 @@ async def test_run_in_executor_reads_the_task_deadline() -> None:
     executor.shutdown()
 
 
-def _submit_as(executor: DeadlineExecutor, deadline: float, first_chunk: bool, fn, *args):
-    ctx = contextvars.copy_context()
-    ctx.run(set_pull_deadline, deadline, first_chunk=first_chunk)
-    return ctx.run(executor.submit, fn, *args)
+def _run_order(dry_guard_s: float, calls: list[tuple[str, float, bool]]) -> list[str]:
+    """The order a one-worker pool runs ``(name, seconds from now, first chunk)`` calls in.
+
+    All are queued behind a blocking call first, so the order is the pool's choice alone.
+    """
+    executor = DeadlineExecutor(1, dry_guard_s=dry_guard_s)
+    release = threading.Event()
+    blocker = executor.submit(release.wait)
+    now = time.perf_counter()
+    order: list[str] = []
+    futures = []
+    for name, offset, first in calls:
+        ctx = contextvars.copy_context()
+        ctx.run(set_pull_deadline, now + offset, first_chunk=first)
+        futures.append(ctx.run(executor.submit, order.append, name))
+    release.set()
+    for f in [blocker, *futures]:
+        f.result(5)
+    executor.shutdown()
+    return order
 
 
 def test_first_chunks_yield_to_streams_about_to_run_dry() -> None:
@@ -82,43 +98,15 @@ def test_first_chunks_yield_to_streams_about_to_run_dry() -> None:
     playing stream within the guard of running dry goes ahead of them, the one with
     audio to spare after them.
     """
-    executor = DeadlineExecutor(1, dry_guard_s=0.5)
-    release = threading.Event()
-    blocker = executor.submit(release.wait)
-    now = time.perf_counter()
-    order: list[str] = []
-    futures = [
-        _submit_as(executor, deadline, first, order.append, name)
-        for name, deadline, first in [
-            ("new-a", now - 1.0, True),
-            ("playing-later", now + 60.0, False),
-            ("new-b", now - 0.5, True),
-            ("playing-soon", now + 0.2, False),
-        ]
+    calls = [
+        ("new-a", -1.0, True),
+        ("playing-later", 60.0, False),
+        ("new-b", -0.5, True),
+        ("playing-soon", 0.2, False),
     ]
-    release.set()
-    for f in [blocker, *futures]:
-        f.result(5)
-    assert order == ["playing-soon", "new-a", "new-b", "playing-later"]
-    executor.shutdown()
+    assert _run_order(0.5, calls) == ["playing-soon", "new-a", "new-b", "playing-later"]
 
 
 def test_without_a_guard_the_pool_is_plain_edf() -> None:
-    executor = DeadlineExecutor(1, dry_guard_s=0.0)
-    release = threading.Event()
-    blocker = executor.submit(release.wait)
-    now = time.perf_counter()
-    order: list[str] = []
-    futures = [
-        _submit_as(executor, deadline, first, order.append, name)
-        for name, deadline, first in [
-            ("playing", now + 30.0, False),
-            ("new", now - 1.0, True),
-            ("playing-dry", now - 2.0, False),
-        ]
-    ]
-    release.set()
-    for f in [blocker, *futures]:
-        f.result(5)
-    assert order == ["playing-dry", "new", "playing"]
-    executor.shutdown()
+    calls = [("playing", 30.0, False), ("new", -1.0, True), ("playing-dry", -2.0, False)]
+    assert _run_order(0.0, calls) == ["playing-dry", "new", "playing"]
