@@ -21,7 +21,6 @@ from typing import Any
 from loguru import logger
 
 from ..engine import TTSConfig, TTSEngine, get_tts_engine
-from ..engine.scheduling import install_deadline_executor
 from ..engine.workers import threads_per_call
 from .config import BotConfig
 from .thread_priority import run_in_lowered_thread
@@ -208,10 +207,6 @@ async def load_shared_models(
             engine = await get_tts_engine(tts_config)
         else:
             await engine.initialize()
-        # Every conversation's TTS shares this engine: run its model calls by whose
-        # listener runs dry first (the service sets each pull's deadline), so one
-        # conversation's new sentence does not starve another's playing one.
-        install_deadline_executor(engine)
         timings["tts"] = round(time.perf_counter() - started, 3)
     logger.info(f"shared models loaded: {timings}")
     return SharedModels(
