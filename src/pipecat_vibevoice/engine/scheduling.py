@@ -57,8 +57,9 @@ if TYPE_CHECKING:
 #: How long a new utterance may yield to streams that are about to run dry.
 FIRST_CHUNK_SLACK_S = 0.1
 #: A playing stream whose listener runs dry within this goes ahead of every first chunk
-#: (the bot's, and the default of ``ServingSettings.dry_guard_ms``): one running call to wait for
-#: (54 ms median, 93 ms p95 on the 2-core box) plus its own next call.
+#: (the default of ``ServingSettings.dry_guard_ms``, which the bot's TTS router reads
+#: too): one running call to wait for (54 ms median, 93 ms p95 on the 2-core box) plus
+#: its own next call.
 DRY_GUARD_S = 0.15
 
 #: ``(time.perf_counter() by which the calling stream needs its next chunk, whether it

@@ -354,7 +354,7 @@ class PiperBackend(SpeechBackend):
             sentence_seed = None if seed is None else int(seed) + SEED_STRIDE * index
             latent, mask, durations = self.run_frontend(ids, scales, sentence_seed)
             # The front half and the first window are two model calls (one piece each):
-            # a scheduler that orders the calls (the serving pool) can run a stream
+            # a scheduler that orders the calls (engine/scheduling.py) can run a stream
             # about to run dry between them, instead of waiting behind both.
             yield AudioPiece(np.zeros(0, np.float32))
             frames = latent.shape[2]

@@ -446,7 +446,8 @@ class VibeVoiceTTSService(WordTimedTTSService):
         sentences of a turn share one context), so the next sentence of a reply that
         is still playing waits behind listeners about to run dry, and a reply with no
         audio out yet counts as a first chunk (:mod:`...engine.scheduling`). Read by the
-        engine's pool only when it is a ``DeadlineExecutor`` (the bot installs one).
+        engine's pool only when it is a ``DeadlineExecutor`` (the bot's ``/v1/tts/stream``
+        router installs one on the shared engine, ``--tts-edf``).
         """
         clock = self._clocks.get(context_id)
         now = time.perf_counter()
