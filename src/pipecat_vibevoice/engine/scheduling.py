@@ -70,6 +70,24 @@ _DEADLINE: contextvars.ContextVar[tuple[float | None, bool]] = contextvars.Conte
 )
 
 
+def listener_deadline(
+    opened_at: float, first_sent_at: float | None, audio_s: float
+) -> tuple[float, bool]:
+    """``(deadline, first_chunk)`` of a listener, for :func:`set_pull_deadline`.
+
+    The one rule both callers use, on ``time.perf_counter()``'s clock: before anything
+    has reached the listener, the time its utterance opened (``opened_at``) plus
+    :data:`FIRST_CHUNK_SLACK_S`, marked as a first chunk; after, the time its first
+    chunk went out plus the ``audio_s`` seconds of audio sent since (when the listener
+    runs dry). The deadline of a first chunk is fixed when the utterance opens, not
+    when each pull happens: a first chunk that takes several model calls (Piper's front
+    half, then its first window) must not drift later with every call.
+    """
+    if first_sent_at is None:
+        return opened_at + FIRST_CHUNK_SLACK_S, True
+    return first_sent_at + audio_s, False
+
+
 def set_pull_deadline(deadline: float | None, *, first_chunk: bool = False) -> None:
     """Tell the engine pool when the calling task's listener runs out of audio.
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pipecat.frames.frames import Frame, InterruptionFrame
@@ -53,7 +53,9 @@ class ContextClock:
     its words later, as it moves the audio).
     """
 
-    first_at: float | None = None  # time.monotonic() of the context's first chunk
+    #: ``time.perf_counter()`` when the context was opened (its first request or chunk).
+    opened_at: float = field(default_factory=time.perf_counter)
+    first_at: float | None = None  # time.perf_counter() of the context's first chunk
     audio_s: float = 0.0  # end of the context's audio so far on its timeline
 
     def place(self, chunk: TimedChunk, now: float) -> list[tuple[str, float]]:
@@ -112,10 +114,13 @@ class WordTimedTTSService(TTSService):
 
     # -- word times -----------------------------------------------------------------------
 
+    def _clock(self, context_id: str) -> ContextClock:
+        """The context's clock, opened now if this is the first time it is asked for."""
+        return self._clocks.setdefault(context_id, ContextClock())
+
     def _place_words(self, context_id: str, chunk: TimedChunk) -> list[tuple[str, float]]:
         """The chunk's words on its context's timeline (call when the chunk arrives)."""
-        clock = self._clocks.setdefault(context_id, ContextClock())
-        return clock.place(chunk, time.monotonic())
+        return self._clock(context_id).place(chunk, time.perf_counter())
 
     async def _report_words(self, context_id: str, words: list[tuple[str, float]]) -> None:
         """Hand the words to Pipecat after their audio frame, so they follow it."""
@@ -132,7 +137,7 @@ class WordTimedTTSService(TTSService):
         clock = self._clocks.get(context_id)
         if clock is None or self._render_ahead_secs is None:
             return
-        excess = clock.ahead(time.monotonic()) - self._render_ahead_secs
+        excess = clock.ahead(time.perf_counter()) - self._render_ahead_secs
         if excess > 0:
             await asyncio.sleep(excess)
 

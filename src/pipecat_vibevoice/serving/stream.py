@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from ..engine import SpeechChunk, TTSEngine
-from ..engine.scheduling import FIRST_CHUNK_SLACK_S, set_pull_deadline
+from ..engine.scheduling import listener_deadline, set_pull_deadline
 from .cache import CachedAudio, CachedChunk
 from .protocol import event
 from .sender import ClientSender
@@ -71,15 +71,14 @@ class StreamStats:
         self.chunks += 1
         return gap
 
-    def deadline(self) -> float:
-        """When this listener runs out of audio (the engine pool's order, see :mod:`..engine.scheduling`).
+    def deadline(self) -> tuple[float, bool]:
+        """``(when this listener runs out of audio, whether it has nothing yet)``.
 
-        Before the first chunk: the start plus a small slack, so a new utterance goes
-        ahead of streams with more than that buffered but not of one about to run dry.
+        The engine pool's order (:func:`..engine.scheduling.listener_deadline`): before
+        the first chunk, the start plus a small slack, so a new utterance goes ahead of
+        streams with more than that buffered but not of one about to run dry.
         """
-        if self.first_sent is None:
-            return self.started + FIRST_CHUNK_SLACK_S
-        return self.first_sent + self.audio_s
+        return listener_deadline(self.started, self.first_sent, self.audio_s)
 
     @property
     def first_chunk_ms(self) -> float | None:
@@ -182,9 +181,8 @@ class UtteranceStream:
                 while True:
                     if pull is None:
                         await self._hold_back(width)
-                        set_pull_deadline(
-                            self.stats.deadline(), first_chunk=self.stats.first_sent is None
-                        )
+                        deadline, first_chunk = self.stats.deadline()
+                        set_pull_deadline(deadline, first_chunk=first_chunk)
                         if not (self.stats.first_sent is None and pending):
                             got = await _next(chunks)
                         else:  # filling the start-up buffer: pull with a time limit
@@ -228,7 +226,7 @@ class UtteranceStream:
         if limit <= 0 or self.stats.first_sent is None:
             return
         while self.state.syntheses.in_use > width:
-            lead = self.stats.deadline() - time.perf_counter()
+            lead = self.stats.deadline()[0] - time.perf_counter()
             if lead <= limit:
                 return
             await asyncio.sleep(min(lead - limit, 0.25))

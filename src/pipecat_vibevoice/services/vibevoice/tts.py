@@ -59,7 +59,7 @@ from pipecat.utils.types import NOT_GIVEN, NotGiven, is_given
 
 from ...engine import GrowingText, TTSConfig, TTSEngine, get_tts_engine
 from ...engine.controls import CONTROLS, VIBEVOICE_CONTROLS, ControlError
-from ...engine.scheduling import FIRST_CHUNK_SLACK_S, set_pull_deadline
+from ...engine.scheduling import listener_deadline, set_pull_deadline
 from ..word_timed import WordTimedTTSService
 from .token_turns import TokenTurn
 
@@ -445,16 +445,15 @@ class VibeVoiceTTSService(WordTimedTTSService):
         The context's clock knows how much of its audio is still unplayed (all the
         sentences of a turn share one context), so the next sentence of a reply that
         is still playing waits behind listeners about to run dry, and a reply with no
-        audio out yet counts as a first chunk (:mod:`...engine.scheduling`). Read by the
+        audio out yet counts as a first chunk, due a fixed slack after its first pull
+        (:func:`...engine.scheduling.listener_deadline`, the rule the TTS server's
+        streams follow too). Read by the
         engine's pool only when it is a ``DeadlineExecutor`` (the bot's ``/v1/tts/stream``
         router installs one on the shared engine, ``--tts-edf``).
         """
-        clock = self._clocks.get(context_id)
-        now = time.perf_counter()
-        if clock is None or clock.first_at is None:
-            set_pull_deadline(now + FIRST_CHUNK_SLACK_S, first_chunk=True)
-        else:
-            set_pull_deadline(now + clock.ahead(time.monotonic()))
+        clock = self._clock(context_id)  # opened by the context's first pull
+        deadline, first_chunk = listener_deadline(clock.opened_at, clock.first_at, clock.audio_s)
+        set_pull_deadline(deadline, first_chunk=first_chunk)
 
     async def _audio_frame(self, pcm: bytes, engine: TTSEngine, context_id: str) -> Frame:
         if self.sample_rate != engine.config.sample_rate:
