@@ -9,7 +9,12 @@ import time
 
 import pytest
 
-from pipecat_vibevoice.engine.scheduling import DeadlineExecutor, set_pull_deadline
+from pipecat_vibevoice.engine.scheduling import (
+    FIRST_CHUNK_SLACK_S,
+    DeadlineExecutor,
+    listener_deadline,
+    set_pull_deadline,
+)
 
 
 def _submit(executor: DeadlineExecutor, deadline: float | None, fn, *args):
@@ -110,3 +115,13 @@ def test_first_chunks_yield_to_streams_about_to_run_dry() -> None:
 def test_without_a_guard_the_pool_is_plain_edf() -> None:
     calls = [("playing", 30.0, False), ("new", -1.0, True), ("playing-dry", -2.0, False)]
     assert _run_order(0.0, calls) == ["playing-dry", "new", "playing"]
+
+
+def test_a_listener_deadline_is_fixed_until_its_first_chunk_then_follows_its_audio() -> None:
+    """Both deadline writers (the TTS server's streams, the bot's service) use this rule."""
+    # Before the first chunk: the time the utterance opened plus the slack, not the
+    # time of each pull (a first chunk takes two: Piper's front half, then its first window).
+    assert listener_deadline(10.0, None, 0.0) == (10.0 + FIRST_CHUNK_SLACK_S, True)
+    # After: when the audio sent since the first chunk runs out; the opening no longer counts.
+    assert listener_deadline(10.0, 10.3, 0.28) == (10.3 + 0.28, False)
+    assert listener_deadline(0.0, 10.3, 1.5) == (10.3 + 1.5, False)
