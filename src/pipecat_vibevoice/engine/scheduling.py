@@ -80,8 +80,8 @@ def listener_deadline(
     :data:`FIRST_CHUNK_SLACK_S`, marked as a first chunk; after, the time its first
     chunk went out plus the ``audio_s`` seconds of audio sent since (when the listener
     runs dry). The deadline of a first chunk is fixed when the utterance opens, not
-    when each pull happens: a first chunk that takes several model calls (Piper's front
-    half, then its first window) must not drift later with every call.
+    when each pull happens, so an utterance that pulls several times before its
+    listener hears anything does not drift later with every pull.
     """
     if first_sent_at is None:
         return opened_at + FIRST_CHUNK_SLACK_S, True
