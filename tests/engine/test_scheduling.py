@@ -119,8 +119,8 @@ def test_without_a_guard_the_pool_is_plain_edf() -> None:
 
 def test_a_listener_deadline_is_fixed_until_its_first_chunk_then_follows_its_audio() -> None:
     """Both deadline writers (the TTS server's streams, the bot's service) use this rule."""
-    # Before the first chunk: the time the utterance opened plus the slack, not the
-    # time of each pull (a first chunk takes two: Piper's front half, then its first window).
+    # Before the first chunk: the time the utterance opened plus the slack, whatever
+    # the time of each pull (the server's start-up buffer pulls more than once).
     assert listener_deadline(10.0, None, 0.0) == (10.0 + FIRST_CHUNK_SLACK_S, True)
     # After: when the audio sent since the first chunk runs out; the opening no longer counts.
     assert listener_deadline(10.0, 10.3, 0.28) == (10.3 + 0.28, False)
